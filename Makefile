@@ -1,0 +1,37 @@
+# DeepLab Trainer. `make demo` and `make test` each set up a fresh machine by themselves.
+PYTHON_BOOTSTRAP ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+INSTALL_STAMP := $(VENV)/.installed
+DEMO_DIR ?= runs/quickstart
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint fmt clean
+
+install: $(INSTALL_STAMP)
+
+# Re-installs only when the packaging changes, so repeated `make test` is quick.
+$(INSTALL_STAMP): setup.py pyproject.toml
+	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	touch $(INSTALL_STAMP)
+
+demo: install
+	rm -rf $(DEMO_DIR)
+	$(PYTHON) -m trainer --gin_file=configs/quickstart.gin --model_dir=$(DEMO_DIR) --mode=train_and_eval
+
+test: install
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

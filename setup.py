@@ -1,0 +1,25 @@
+"""Packaging for DeepLab Trainer."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="deeplab-trainer",
+    version="0.1.0",
+    description="Distributed DeepLabV3+ semantic-segmentation trainer on TensorFlow 2 (tf_keras, gin, absl).",
+    python_requires=">=3.10",
+    packages=find_packages(include=["trainer", "trainer.*"]),
+    install_requires=[
+        "tensorflow~=2.21.0",
+        "tf-keras~=2.21.0",
+        "tensorflow-datasets",
+        "absl-py",
+        "gin-config",
+        "cloud-tpu-client",
+        "numpy",
+    ],
+    extras_require={
+        "gpu": ["tensorflow[and-cuda]~=2.21.0"],
+        "dev": ["pytest", "pytest-xdist", "ruff"],
+    },
+    entry_points={"console_scripts": ["deeplab-train=trainer.cli:main"]},
+)

@@ -1,0 +1,40 @@
+"""Command line: absl flags say where and how the job runs; gin says what it trains. No logic here."""
+
+import sys
+
+from absl import app, flags, logging
+
+from trainer import distribute, train_lib
+from trainer.config import ConfigError, Mode, parse_gin
+
+_GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), parsed in order.")
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin bindings applied after the files, e.g. 'train.steps=2000'."
+)
+flags.DEFINE_alias("gin_param", "gin_bindings")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and results.", required=True)
+_MODE = flags.DEFINE_enum("mode", Mode.TRAIN_AND_EVAL.value, [m.value for m in Mode], "What to run.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", distribute.StrategyName.AUTO.value, [s.value for s in distribute.StrategyName], "tf.distribute strategy."
+)
+_TPU = flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM.")
+_VIRTUAL_CPUS = flags.DEFINE_integer(
+    "virtual_cpus", 0, "Split the CPU into this many logical devices (to try --strategy=mirrored without GPUs)."
+)
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}. Settings go in --gin_bindings.")
+    try:
+        distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
+        parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
+        train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
+    except ConfigError as error:
+        logging.error("%s", error)
+        sys.exit(f"error: {error}")
+
+
+def main() -> None:
+    """Console-script entry point (`deeplab-train`)."""
+    app.run(_main)

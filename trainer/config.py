@@ -1,0 +1,126 @@
+"""Run-level configuration: the modes, the gin-configurable train/eval settings, gin parsing."""
+
+import dataclasses
+import difflib
+import enum
+import inspect
+import re
+from collections.abc import Sequence
+
+import gin
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error: the message says what is wrong and how to fix it."""
+
+
+class Mode(enum.Enum):
+    """What a run does; `--mode` takes one of these values."""
+
+    TRAIN = "train"
+    EVAL = "eval"
+    TRAIN_AND_EVAL = "train_and_eval"
+
+    @classmethod
+    def parse(cls, value: "str | Mode") -> "Mode":
+        """Returns the mode named `value`, or raises ConfigError listing the valid ones."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(m.value for m in cls)
+            raise ConfigError(f"--mode: expected one of {{{valid}}}, received {value!r}.") from None
+
+
+def _check_positive(binding: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(
+            f"gin binding {binding}: expected a positive integer, received {value!r} (of type {type(value).__name__})."
+        )
+
+
+@gin.configurable("train")
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How long and how to train; bound in gin as `train.<field>`.
+
+    `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss.
+    """
+
+    steps: int = 1000
+    global_batch_size: int = 16
+    steps_per_loop: int = 50
+    checkpoint_every_steps: int = 500
+    max_checkpoints_to_keep: int = 3
+    l2_weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "global_batch_size", "steps_per_loop", "checkpoint_every_steps"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        _check_positive("train.max_checkpoints_to_keep", self.max_checkpoints_to_keep)
+        if self.l2_weight_decay < 0:
+            raise ConfigError(f"gin binding train.l2_weight_decay: expected >= 0, received {self.l2_weight_decay}.")
+
+
+@gin.configurable("evaluation")
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """When and how to evaluate; bound in gin as `evaluation.<field>`."""
+
+    every_steps: int = 500
+    global_batch_size: int = 16
+
+    def __post_init__(self):
+        _check_positive("evaluation.every_steps", self.every_steps)
+        _check_positive("evaluation.global_batch_size", self.global_batch_size)
+
+
+# gin keeps its registry private; reading it is the only way to suggest what the user meant.
+_REGISTRY = gin.config._REGISTRY  # pylint: disable=protected-access
+
+
+def _suggest(unknown: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(unknown, sorted(set(candidates)), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _suggest_configurable(unknown: str) -> str:
+    return _suggest(unknown, [selector.split(".")[-1] for selector, _ in _REGISTRY.items()])
+
+
+def _suggest_parameter(configurable_name: str, unknown: str) -> str:
+    configurable = _REGISTRY.get_match(configurable_name)
+    if configurable is None:
+        return ""
+    target = configurable.wrapped
+    parameters = inspect.signature(target.__init__ if inspect.isclass(target) else target).parameters
+    return _suggest(unknown, [name for name in parameters if name != "self"])
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
+    """Parses gin files then bindings, turning gin's errors into a ConfigError that names the culprit."""
+    for path in gin_files:
+        try:
+            gin.parse_config_file(path)
+        except OSError as error:
+            raise ConfigError(f"--gin_file={path}: cannot read it ({error}).") from None
+        except (ValueError, SyntaxError) as error:
+            raise ConfigError(f"--gin_file={path}: {_explain(error)}") from None
+    for binding in gin_bindings:
+        try:
+            gin.parse_config(binding)
+        except (ValueError, SyntaxError) as error:
+            raise ConfigError(f"--gin_bindings={binding!r}: {_explain(error)}") from None
+
+
+def _explain(error: Exception) -> str:
+    message = str(error).splitlines()[0]
+    unknown_configurable = re.match(r"No configurable matching '([^']+)'", message)
+    unknown_parameter = re.match(r"Configurable '([^']+)' doesn't have a parameter named '([^']+)'", message)
+    if unknown_configurable:
+        message += _suggest_configurable(unknown_configurable.group(1))
+    elif unknown_parameter:
+        message += _suggest_parameter(*unknown_parameter.groups())
+    return message
