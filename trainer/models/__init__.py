@@ -1,0 +1,9 @@
+"""DeepLabV3+ model family: ResNet backbone, ASPP, decoder and the shared conv/BN building blocks."""
+
+from trainer.models.aspp import ASPP
+from trainer.models.decoder import Decoder
+from trainer.models.deeplab import DeepLabV3Plus
+from trainer.models.layers import ConvBNReLU, batch_norm
+from trainer.models.resnet import BottleneckBlock, ResNet
+
+__all__ = ["ASPP", "BottleneckBlock", "ConvBNReLU", "Decoder", "DeepLabV3Plus", "ResNet", "batch_norm"]

@@ -1,0 +1,73 @@
+"""Atrous Spatial Pyramid Pooling: multi-rate context plus a global image-pooling branch."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer.models.layers import (
+    SERIALIZATION_PACKAGE,
+    ConvBNReLU,
+    require_positive_int,
+    require_positive_ints,
+    resize_bilinear,
+    spatial_size,
+)
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class ASPP(keras.layers.Layer):
+    """ASPP (DeepLabV3): 1×1, one dilated 3×3 per rate and image pooling, concatenated and projected."""
+
+    def __init__(
+        self,
+        filters: int = 256,
+        atrous_rates: Sequence[int] = (6, 12, 18),
+        dropout_rate: float = 0.1,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        owner = type(self).__name__
+        self.filters = require_positive_int(owner, "filters", filters)
+        self.atrous_rates = require_positive_ints(owner, "atrous_rates", atrous_rates)
+        if (
+            isinstance(dropout_rate, bool)
+            or not isinstance(dropout_rate, int | float)
+            or not 0 <= dropout_rate < 1
+        ):
+            raise ValueError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
+        self.dropout_rate = float(dropout_rate)
+        self.conv_1x1 = ConvBNReLU(filters, 1, name="conv_1x1")
+        self.atrous_convs = [
+            ConvBNReLU(filters, 3, dilation_rate=rate, name=f"atrous_conv_rate{rate}")
+            for rate in self.atrous_rates
+        ]
+        # BN over a 1×1 pooled map has a degenerate batch at batch size 1; DeepLab keeps it and so do we.
+        self.pool_conv = ConvBNReLU(filters, 1, name="image_pooling_conv")
+        self.projection = ConvBNReLU(filters, 1, name="projection")
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Returns the projected multi-scale context for an NHWC feature map, same spatial size."""
+        branches = [self.conv_1x1(inputs, training=training)]
+        branches += [conv(inputs, training=training) for conv in self.atrous_convs]
+        pooled = tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
+        pooled = self.pool_conv(pooled, training=training)
+        branches.append(resize_bilinear(pooled, spatial_size(inputs)))
+        x = tf.concat(branches, axis=-1)
+        x = self.projection(x, training=training)
+        return self.dropout(x, training=training)
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments."""
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "atrous_rates": self.atrous_rates,
+                "dropout_rate": self.dropout_rate,
+            }
+        )
+        return config

@@ -1,0 +1,117 @@
+"""Building blocks shared by the backbone and the segmentation head: normalisation, conv-BN-ReLU, resizing."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+import tensorflow as tf
+import tf_keras as keras
+
+SERIALIZATION_PACKAGE = "deeplab_trainer"
+
+
+def require_positive_int(owner: str, arg: str, value: Any) -> int:
+    """Returns `value` if it is a positive int, else raises a ValueError naming `owner` and `arg`."""
+    # bool is an int subclass; `True` as a filter count is always a config mistake.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{owner}: expected `{arg}` to be a positive int, "
+            f"received {value!r} (of type {type(value).__name__})"
+        )
+    return value
+
+
+def require_positive_ints(owner: str, arg: str, values: Any) -> tuple[int, ...]:
+    """Returns `values` as a tuple if it is a non-empty sequence of positive ints, else raises ValueError."""
+    # Lists are accepted because a JSON round trip of `get_config` turns tuples into lists.
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
+        raise ValueError(
+            f"{owner}: expected `{arg}` to be a non-empty sequence of positive ints, "
+            f"received {values!r} (of type {type(values).__name__})"
+        )
+    for value in values:
+        require_positive_int(owner, f"{arg}[...]", value)
+    return tuple(values)
+
+
+@gin.configurable
+def batch_norm(
+    name: str | None = None, sync: bool = False, momentum: float = 0.99, epsilon: float = 1e-3
+) -> keras.layers.Layer:
+    """Returns the model's one BatchNormalization, cross-replica synchronised when `sync` is set."""
+    # Every BN in the model comes from here, so `batch_norm.sync = True` in gin switches all of them at once.
+    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, synchronized=sync, name=name)
+
+
+def spatial_size(images: tf.Tensor) -> list[int | tf.Tensor]:
+    """Returns [height, width] of NHWC `images`: Python ints where static, scalar tensors where not."""
+    # Mixing static and dynamic dims keeps static shapes through tf.image.resize whenever they are known.
+    static = images.shape[1:3]
+    dynamic = tf.shape(images)[1:3]
+    return [static[i] if static[i] is not None else dynamic[i] for i in range(2)]
+
+
+def resize_bilinear(images: tf.Tensor, size: Sequence[int | tf.Tensor]) -> tf.Tensor:
+    """Bilinearly resizes NHWC `images` to `size` = [height, width], keeping their dtype."""
+    # tf.image.resize computes bilinear resizes in float32; cast back so mixed precision stays in bf16/fp16.
+    return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class ConvBNReLU(keras.layers.Layer):
+    """Conv2D (no bias, 'same' padding, he_normal) → batch_norm() → optional ReLU."""
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        activation: bool = True,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        owner = type(self).__name__
+        self.filters = require_positive_int(owner, "filters", filters)
+        self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
+        self.strides = require_positive_int(owner, "strides", strides)
+        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
+        if strides > 1 and dilation_rate > 1:
+            # Keras Conv2D rejects this pair too, but only at build time and without saying which layer.
+            raise ValueError(
+                f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
+                "(Conv2D cannot do both), "
+                f"received strides={strides}, dilation_rate={dilation_rate}"
+            )
+        self.activation = bool(activation)
+        self.conv = keras.layers.Conv2D(
+            filters,
+            kernel_size,
+            strides=strides,
+            dilation_rate=dilation_rate,
+            padding="same",
+            use_bias=False,  # the following BN's beta makes a conv bias redundant
+            kernel_initializer="he_normal",
+            name="conv",
+        )
+        self.bn = batch_norm(name="bn")
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Applies conv, BN and (optionally) ReLU."""
+        x = self.bn(self.conv(inputs), training=training)
+        return tf.nn.relu(x) if self.activation else x
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments."""
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "dilation_rate": self.dilation_rate,
+                "activation": self.activation,
+            }
+        )
+        return config
