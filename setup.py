@@ -14,6 +14,7 @@ setup(
         "tensorflow-datasets",
         "absl-py",
         "gin-config",
+        "tensorboard",
         "cloud-tpu-client",
         "numpy",
     ],

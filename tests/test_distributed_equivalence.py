@@ -8,7 +8,9 @@ import gin
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
+from tests.helpers import mirrored_strategy, one_device_strategy
 from trainer import loop, optim
 from trainer.models import DeepLabV3Plus, ResNet
 
@@ -33,6 +35,7 @@ def _batches():
 
 
 def _train(strategy, initial_weights):
+    keras.utils.set_random_seed(0)
     with strategy.scope():
         model = DeepLabV3Plus(
             num_classes=NUM_CLASSES,
@@ -58,8 +61,8 @@ def _train(strategy, initial_weights):
 
 
 def test_one_device_and_mirrored_take_identical_steps():
-    single = tf.distribute.OneDeviceStrategy("/cpu:0")
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    single = one_device_strategy()
+    mirrored = mirrored_strategy()
     assert mirrored.num_replicas_in_sync == 2
 
     initial, single_loss, single_weights, single_step = _train(single, None)
@@ -79,7 +82,7 @@ def test_per_replica_batch_norm_breaks_the_equality():
     # The control: without synchronisation each replica normalises with its own half-batch statistics,
     # so the same comparison must fail — proof that the test above can detect a difference.
     gin.bind_parameter("batch_norm.sync", False)
-    initial, _, single_weights, _ = _train(tf.distribute.OneDeviceStrategy("/cpu:0"), None)
-    _, _, mirrored_weights, _ = _train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), initial)
+    initial, _, single_weights, _ = _train(one_device_strategy(), None)
+    _, _, mirrored_weights, _ = _train(mirrored_strategy(), initial)
     largest = max(np.max(np.abs(a - b)) for a, b in zip(single_weights, mirrored_weights, strict=True))
     assert largest > 1e-3

@@ -15,11 +15,16 @@ flags.DEFINE_alias("gin_param", "gin_bindings")
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and results.", required=True)
 _MODE = flags.DEFINE_enum("mode", Mode.TRAIN_AND_EVAL.value, [m.value for m in Mode], "What to run.")
 _STRATEGY = flags.DEFINE_enum(
-    "strategy", distribute.StrategyName.AUTO.value, [s.value for s in distribute.StrategyName], "tf.distribute strategy."
+    "strategy",
+    distribute.StrategyName.AUTO.value,
+    [s.value for s in distribute.StrategyName],
+    "tf.distribute strategy.",
 )
 _TPU = flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM.")
 _VIRTUAL_CPUS = flags.DEFINE_integer(
-    "virtual_cpus", 0, "Split the CPU into this many logical devices (to try --strategy=mirrored without GPUs)."
+    "virtual_cpus",
+    0,
+    "Split the CPU into this many logical devices (to try --strategy=mirrored without GPUs).",
 )
 
 

@@ -46,8 +46,7 @@ def configure_virtual_cpus(count: int) -> None:
         )
     except RuntimeError as error:
         raise ConfigError(
-            f"--virtual_cpus={count}: TensorFlow was already initialised, so the CPU can no longer be split "
-            f"({error})."
+            f"--virtual_cpus={count}: TensorFlow was already initialised, so the CPU can no longer be split ({error})."
         ) from None
 
 
@@ -81,12 +80,18 @@ def _tpu_strategy(tpu: str | None) -> tf.distribute.TPUStrategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, tf.errors.OpError, OSError, RuntimeError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(f"--strategy=tpu --tpu={tpu}: no TPU could be reached from this machine ({first_line}).") from None
+        raise ConfigError(
+            f"--strategy=tpu --tpu={tpu}: no TPU could be reached from this machine ({first_line})."
+        ) from None
     return tf.distribute.TPUStrategy(resolver)
 
 
 def create_strategy(name: "str | StrategyName", tpu: str | None = None) -> tf.distribute.Strategy:
-    """Builds the strategy `name`; `auto` picks tpu (with --tpu), multi-worker (TF_CONFIG), mirrored (>1 GPU), one device."""
+    """Builds the strategy `name`.
+
+    `auto` picks tpu when `tpu` is given, multi_worker_mirrored when TF_CONFIG names several tasks, mirrored
+    with more than one GPU, else one_device. Mirrored without GPUs uses every logical CPU.
+    """
     name = StrategyName.parse(name)
     gpus = tf.config.list_logical_devices("GPU")
     if name is StrategyName.AUTO:
@@ -109,7 +114,12 @@ def create_strategy(name: "str | StrategyName", tpu: str | None = None) -> tf.di
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = _tpu_strategy(tpu)
-    logging.info("Strategy %s (%s) with %d replicas.", name.value, type(strategy).__name__, strategy.num_replicas_in_sync)
+    logging.info(
+        "Strategy %s (%s) with %d replicas.",
+        name.value,
+        type(strategy).__name__,
+        strategy.num_replicas_in_sync,
+    )
     return strategy
 
 

@@ -42,7 +42,7 @@ def make_train_loop(
             decay = l2_weight_decay * losses.l2_kernel_penalty(model.trainable_variables) / num_replicas
             loss = cross_entropy + decay
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss, cross_entropy
 
     @tf.function
@@ -63,14 +63,16 @@ def make_train_loop(
         return {
             "loss": loss_total / count,
             "cross_entropy": cross_entropy_total / count,
-            "learning_rate": optimizer.learning_rate(optimizer.iterations),
+            "learning_rate": tf.identity(optimizer.learning_rate),
             "all_finite": all_finite,
         }
 
     return train_loop
 
 
-def make_eval_loop(strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int, ignore_label: int) -> EvalLoop:
+def make_eval_loop(
+    strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int, ignore_label: int
+) -> EvalLoop:
     """Returns `eval_loop(iterator, num_steps)`: the confusion matrix (int64) summed over replicas and batches."""
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:

@@ -3,9 +3,7 @@
 import tensorflow as tf
 
 
-def pixel_cross_entropy_sum(
-    labels: tf.Tensor, logits: tf.Tensor, ignore_label: int
-) -> tuple[tf.Tensor, tf.Tensor]:
+def pixel_cross_entropy_sum(labels: tf.Tensor, logits: tf.Tensor, ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
     """Sums softmax cross-entropy over the pixels whose label is not `ignore_label`.
 
     Args:

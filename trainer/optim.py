@@ -66,6 +66,10 @@ def build_optimizer(
     if learning_rate <= 0:
         raise ConfigError(f"gin binding optimizer.learning_rate: expected > 0, received {learning_rate}.")
     schedule = WarmupPolynomialDecay(
-        learning_rate, total_steps, warmup_steps=warmup_steps, power=poly_power, end_learning_rate=end_learning_rate
+        learning_rate,
+        total_steps,
+        warmup_steps=warmup_steps,
+        power=poly_power,
+        end_learning_rate=end_learning_rate,
     )
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov)

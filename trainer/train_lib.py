@@ -20,6 +20,7 @@ from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
+from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
 from trainer.models import DeepLabV3Plus
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -92,9 +93,7 @@ class _Run:
             ignore_label=dataset_info.ignore_label,
             l2_weight_decay=train_config.l2_weight_decay,
         )
-        self._eval_loop = loop.make_eval_loop(
-            strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label
-        )
+        self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
         self._train_iterator = None
         self._wrote_operative_config = False
 

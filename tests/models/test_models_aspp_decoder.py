@@ -37,9 +37,7 @@ def test_aspp_image_pooling_gives_global_context():
 
 def test_aspp_accepts_dynamic_spatial_shapes():
     aspp = ASPP(filters=4, atrous_rates=(1, 2, 3))
-    run = tf.function(
-        lambda x: aspp(x, training=False), input_signature=[tf.TensorSpec([None, None, None, 3])]
-    )
+    run = tf.function(lambda x: aspp(x, training=False), input_signature=[tf.TensorSpec([None, None, None, 3])])
     assert run(tf.ones([1, 5, 7, 3])).shape == (1, 5, 7, 4)
     assert run(tf.ones([2, 9, 3, 3])).shape == (2, 9, 3, 4)
 

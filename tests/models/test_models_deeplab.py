@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from tests.helpers import mirrored_strategy
 from trainer.models import DeepLabV3Plus, ResNet
 
 TINY_HEAD = {"aspp_filters": 16, "decoder_filters": 16, "low_level_filters": 8}
@@ -42,9 +43,7 @@ def test_logits_shape_and_dtype():
 def test_any_input_size_including_dynamic():
     model = tiny_model(num_classes=3)
     assert model(tf.random.normal([1, 50, 70, 3]), training=False).shape == (1, 50, 70, 3)
-    serve = tf.function(
-        lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, None, None, 3])]
-    )
+    serve = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, None, None, 3])])
     assert serve(tf.zeros([2, 33, 47, 3])).shape == (2, 33, 47, 3)
     assert serve(tf.zeros([1, 64, 40, 3])).shape == (1, 64, 40, 3)
 
@@ -97,7 +96,7 @@ def test_gin_sync_batch_norm_reaches_every_bn():
     assert len(norms) == 26
     assert all(bn.synchronized for bn in norms)
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy()
     with strategy.scope():
         model = tiny_model()
     images = tf.random.normal([4, 32, 32, 3])

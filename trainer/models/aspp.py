@@ -32,17 +32,12 @@ class ASPP(keras.layers.Layer):
         owner = type(self).__name__
         self.filters = require_positive_int(owner, "filters", filters)
         self.atrous_rates = require_positive_ints(owner, "atrous_rates", atrous_rates)
-        if (
-            isinstance(dropout_rate, bool)
-            or not isinstance(dropout_rate, int | float)
-            or not 0 <= dropout_rate < 1
-        ):
+        if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0 <= dropout_rate < 1:
             raise ValueError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
         self.dropout_rate = float(dropout_rate)
         self.conv_1x1 = ConvBNReLU(filters, 1, name="conv_1x1")
         self.atrous_convs = [
-            ConvBNReLU(filters, 3, dilation_rate=rate, name=f"atrous_conv_rate{rate}")
-            for rate in self.atrous_rates
+            ConvBNReLU(filters, 3, dilation_rate=rate, name=f"atrous_conv_rate{rate}") for rate in self.atrous_rates
         ]
         # BN over a 1×1 pooled map has a degenerate batch at batch size 1; DeepLab keeps it and so do we.
         self.pool_conv = ConvBNReLU(filters, 1, name="image_pooling_conv")

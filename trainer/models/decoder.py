@@ -19,9 +19,7 @@ from trainer.models.layers import (
 class Decoder(keras.layers.Layer):
     """Reduces low-level features, concatenates the upsampled ASPP output, refines with two 3×3 convs."""
 
-    def __init__(
-        self, low_level_filters: int = 48, filters: int = 256, name: str | None = None, **kwargs: Any
-    ) -> None:
+    def __init__(self, low_level_filters: int = 48, filters: int = 256, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         self.low_level_filters = require_positive_int(owner, "low_level_filters", low_level_filters)

@@ -15,8 +15,7 @@ def require_positive_int(owner: str, arg: str, value: Any) -> int:
     # bool is an int subclass; `True` as a filter count is always a config mistake.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(
-            f"{owner}: expected `{arg}` to be a positive int, "
-            f"received {value!r} (of type {type(value).__name__})"
+            f"{owner}: expected `{arg}` to be a positive int, received {value!r} (of type {type(value).__name__})"
         )
     return value
 

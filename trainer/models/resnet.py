@@ -97,9 +97,7 @@ class ResNet(keras.Model):
             )
         self.base_filters = require_positive_int(owner, "base_filters", base_filters)
         if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ValueError(
-                f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}"
-            )
+            raise ValueError(f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}")
         self.output_stride = output_stride
         self.multi_grid = require_positive_ints(owner, "multi_grid", multi_grid)
 

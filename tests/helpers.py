@@ -1,0 +1,56 @@
+"""Shared test helpers: tiny gin configs and reading TensorBoard event files back."""
+
+import functools
+import os
+
+import gin
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_GIN = os.path.join(REPO_ROOT, "configs", "smoke.gin")
+
+
+def parse_smoke_config(data_dir: str, *bindings: str) -> None:
+    """Clears gin and loads configs/smoke.gin with its dataset under `data_dir`, then `bindings`."""
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([SMOKE_GIN], [f"synthetic_shapes.data_dir = '{data_dir}'", *bindings])
+
+
+def scalar_events(log_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """Reads every scalar in `log_dir`'s event files with TensorBoard's own reader: tag -> [(step, value)]."""
+    accumulator = event_accumulator.EventAccumulator(log_dir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    events = {}
+    for tag in accumulator.Tags()["tensors"]:
+        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name != "scalars":
+            continue
+        events[tag] = [(event.step, float(tf.make_ndarray(event.tensor_proto))) for event in accumulator.Tensors(tag)]
+    return events
+
+
+def text_tags(log_dir: str) -> list[str]:
+    """Tags of the text summaries in `log_dir`."""
+    accumulator = event_accumulator.EventAccumulator(log_dir, size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return [
+        tag
+        for tag in accumulator.Tags()["tensors"]
+        if accumulator.SummaryMetadata(tag).plugin_data.plugin_name == "text"
+    ]
+
+
+@functools.cache
+def mirrored_strategy() -> tf.distribute.MirroredStrategy:
+    """One MirroredStrategy over the two test CPUs for the whole session.
+
+    A second MirroredStrategy in the same process reuses collective instance keys and aborts with a shape
+    mismatch, so every test shares this one.
+    """
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@functools.cache
+def one_device_strategy() -> tf.distribute.OneDeviceStrategy:
+    """One OneDeviceStrategy on the first test CPU."""
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
