@@ -1,0 +1,200 @@
+"""Tests for trainer.data.pipeline: shapes, sharding, exact eval over input pipelines, label checks."""
+
+import logging
+
+import gin
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.data import schema
+from trainer.data.info import DatasetInfo
+from trainer.data.pipeline import InputPipeline
+
+IGNORE = 255
+NUM_CLASSES = 5
+
+
+def _example(index: int, height: int = 32, width: int = 32, label_value: int | None = None) -> bytes:
+    """An example whose whole image has the value 10 * index (so it can be identified after the pipeline)."""
+    image = np.full((height, width, 3), 10 * index, np.uint8)
+    label = np.full((height, width), index % NUM_CLASSES if label_value is None else label_value, np.uint8)
+    return schema.encode_example(image, label, f"example-{index:03d}.png")
+
+
+def _write(directory, prefix: str, examples: list[bytes], num_files: int) -> tuple[str, ...]:
+    paths = tuple(str(directory / f"{prefix}-{k}.tfrecord") for k in range(num_files))
+    for k, path in enumerate(paths):
+        with tf.io.TFRecordWriter(path) as writer:
+            for serialized in examples[k::num_files]:
+                writer.write(serialized)
+    return paths
+
+
+def _info(directory, num_train: int = 8, num_train_files: int = 4, eval_examples: list[bytes] | None = None):
+    eval_examples = eval_examples or [_example(i) for i in range(7)]
+    return DatasetInfo(
+        name="toy",
+        num_classes=NUM_CLASSES,
+        class_names=tuple(f"c{i}" for i in range(NUM_CLASSES)),
+        ignore_label=IGNORE,
+        train_files=_write(directory, "train", [_example(i) for i in range(num_train)], num_train_files),
+        eval_files=_write(directory, "eval", eval_examples, 2),
+        num_train_examples=num_train,
+        num_eval_examples=len(eval_examples),
+        max_image_size=(40, 36),
+    )
+
+
+def _context(pipeline_id: int, num_pipelines: int = 2) -> tf.distribute.InputContext:
+    return tf.distribute.InputContext(
+        num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+    )
+
+
+def _indices(images: np.ndarray) -> list[int]:
+    """Recovers the example index from each image of a batch (images are constant, normalised)."""
+    return [int(np.rint((image.mean() + 1.0) * 127.5 / 10.0)) for image in images]
+
+
+# Scale 1 and crops the image size, so training images stay constant and identifiable.
+IDENTITY_AUGMENTATION = dict(crop_size=(32, 32), min_scale=1.0, max_scale=1.0)
+
+
+def test_train_dataset_shapes_dtypes_and_values(tmp_path):
+    info = _info(tmp_path)
+    dataset = InputPipeline(crop_size=(24, 28), shuffle_buffer=4).train_dataset(info, global_batch_size=4)
+    assert dataset.element_spec == (
+        tf.TensorSpec([4, 24, 28, 3], tf.float32),
+        tf.TensorSpec([4, 24, 28], tf.int32),
+    )
+    for images, labels in dataset.take(5):
+        assert -1.0 <= images.numpy().min() and images.numpy().max() <= 1.0
+        assert set(np.unique(labels)) <= set(range(NUM_CLASSES)) | {IGNORE}
+    options = dataset.options()
+    assert options.experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.OFF
+
+
+def test_train_dataset_is_deterministic_and_seeded(tmp_path):
+    info = _info(tmp_path)
+
+    def batches(seed: int) -> list[np.ndarray]:
+        pipeline = InputPipeline(crop_size=(24, 24), shuffle_buffer=8, seed=seed)
+        return [images.numpy() for images, _ in pipeline.train_dataset(info, 4).take(6)]
+
+    first, again, other = batches(0), batches(0), batches(1)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_train_dataset_per_replica_batch(tmp_path):
+    info = _info(tmp_path)
+    dataset = InputPipeline(**IDENTITY_AUGMENTATION).train_dataset(info, 8, _context(0, num_pipelines=1))
+    assert dataset.element_spec[0].shape.as_list() == [4, 32, 32, 3]
+
+
+@pytest.mark.parametrize("num_train_files, expected", [(4, "file"), (1, "element")])
+def test_train_sharding_splits_examples_between_pipelines(tmp_path, caplog, num_train_files, expected):
+    info = _info(tmp_path, num_train=8, num_train_files=num_train_files)
+    pipeline = InputPipeline(**IDENTITY_AUGMENTATION, shuffle_buffer=8)
+    seen = []
+    with caplog.at_level(logging.INFO):
+        for pipeline_id in range(2):
+            # Two passes over this pipeline's 4 examples (per-replica batch 2).
+            batches = pipeline.train_dataset(info, 4, _context(pipeline_id)).take(4)
+            seen.append({index for images, _ in batches for index in _indices(images.numpy())})
+    assert f"sharding by {expected}" in caplog.text
+    assert len(seen[0]) == len(seen[1]) == 4
+    assert seen[0] | seen[1] == set(range(8))
+    if expected == "element":
+        # One file holding 0..7 in order: pipeline k keeps records k, k + 2, ...
+        assert seen == [{0, 2, 4, 6}, {1, 3, 5, 7}]
+
+
+def test_indivisible_global_batch_names_the_binding(tmp_path):
+    info = _info(tmp_path)
+    with pytest.raises(ValueError, match=r"train\.global_batch_size.*2 replicas.*received 3"):
+        InputPipeline().train_dataset(info, 3, _context(0))
+    with pytest.raises(ValueError, match=r"train\.global_batch_size"):
+        InputPipeline().eval_dataset(info, 3, _context(0))
+
+
+def test_out_of_range_label_fails_loudly(tmp_path):
+    info = _info(tmp_path)
+    bad = _write(tmp_path, "bad", [_example(0), _example(1, label_value=7)], 1)
+    info = DatasetInfo(**{**info.__dict__, "train_files": bad, "eval_files": bad, "num_eval_examples": 2})
+    pattern = r"example-001\.png: expected label values in \[0, 5\) or the ignore label 255, received 7"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        for _ in InputPipeline(shuffle_buffer=1).train_dataset(info, 2).take(2):
+            pass
+    with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+        for _ in InputPipeline().eval_dataset(info, 2):
+            pass
+
+
+def test_eval_covers_every_example_once_over_two_pipelines(tmp_path):
+    # Mixed sizes, all within max_image_size (40, 36); 7 examples, global batch 4: 2 steps, 8 slots.
+    sizes = [(32, 32), (40, 36), (20, 30), (33, 17), (40, 20), (8, 36), (32, 32)]
+    info = _info(tmp_path, eval_examples=[_example(i, *size) for i, size in enumerate(sizes)])
+    pipeline = InputPipeline()
+    assert pipeline.eval_steps(info, 4) == 2
+    found, padding = [], 0
+    for pipeline_id in range(2):
+        dataset = pipeline.eval_dataset(info, 4, _context(pipeline_id))
+        assert dataset.element_spec == (
+            tf.TensorSpec([2, 40, 36, 3], tf.float32),
+            tf.TensorSpec([2, 40, 36], tf.int32),
+        )
+        batches = list(dataset.as_numpy_iterator())
+        assert len(batches) == 2  # every pipeline: eval_steps * global batch / pipelines = 4 examples
+        for images, labels in batches:
+            for image, label in zip(images, labels, strict=True):
+                if (label == IGNORE).all():
+                    padding += 1
+                    assert (image == 0).all()
+                    continue
+                index = int(np.rint((image[0, 0, 0] + 1.0) * 127.5 / 10.0))
+                height, width = sizes[index]
+                found.append(index)
+                # The example sits top-left, padded with ignore below and to the right.
+                assert (label[:height, :width] == index % NUM_CLASSES).all()
+                assert (label[height:] == IGNORE).all() and (label[:, width:] == IGNORE).all()
+    assert sorted(found) == list(range(7))
+    assert padding == 1
+
+
+def test_eval_without_context_and_explicit_eval_size(tmp_path):
+    info = _info(tmp_path)
+    dataset = InputPipeline(eval_size=(48, 40)).eval_dataset(info, 3)
+    assert dataset.element_spec[1].shape.as_list() == [3, 48, 40]
+    labels = np.concatenate([labels for _, labels in dataset.as_numpy_iterator()])
+    assert labels.shape[0] == 9 and sum((label == IGNORE).all() for label in labels) == 2
+
+
+def test_eval_image_larger_than_eval_size_fails_naming_the_file(tmp_path):
+    info = _info(tmp_path)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"example-000\.png.*at most 30x30.*received 32x32"
+    ):
+        list(InputPipeline(eval_size=(30, 30)).eval_dataset(info, 2))
+
+
+def test_eval_needs_a_size(tmp_path):
+    info = DatasetInfo(**{**_info(tmp_path).__dict__, "max_image_size": None})
+    with pytest.raises(ValueError, match=r"input_pipeline\.eval_size"):
+        InputPipeline().eval_dataset(info, 2)
+
+
+def test_input_pipeline_validates_and_is_gin_configurable():
+    with pytest.raises(ValueError, match=r"input_pipeline\.crop_size"):
+        InputPipeline(crop_size=(0, 8))
+    with pytest.raises(ValueError, match=r"input_pipeline\.min_scale"):
+        InputPipeline(min_scale=1.5, max_scale=1.0)
+    with gin.unlock_config():
+        gin.parse_config("input_pipeline.crop_size = (64, 48)\ninput_pipeline.seed = 3")
+    try:
+        pipeline = InputPipeline()
+        assert (pipeline.crop_size, pipeline.seed) == ((64, 48), 3)
+    finally:
+        gin.clear_config()

@@ -1,0 +1,1 @@
+"""Segmentation data: the record schema, dataset descriptions, augmentation and input pipelines."""

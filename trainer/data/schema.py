@@ -1,0 +1,117 @@
+"""The TFRecord schema for segmentation examples (the one deeplab and the TF Model Garden write)."""
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_ENCODED = "image/encoded"
+IMAGE_FORMAT = "image/format"
+IMAGE_HEIGHT = "image/height"
+IMAGE_WIDTH = "image/width"
+IMAGE_FILENAME = "image/filename"
+LABEL_ENCODED = "image/segmentation/class/encoded"
+LABEL_FORMAT = "image/segmentation/class/format"
+
+# Only the two encoded blobs are required: records written by other tools often omit the rest.
+FEATURE_SPEC = {
+    IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string),
+    IMAGE_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="png"),
+    IMAGE_HEIGHT: tf.io.FixedLenFeature((), tf.int64, default_value=0),
+    IMAGE_WIDTH: tf.io.FixedLenFeature((), tf.int64, default_value=0),
+    IMAGE_FILENAME: tf.io.FixedLenFeature((), tf.string, default_value="<unnamed>"),
+    LABEL_ENCODED: tf.io.FixedLenFeature((), tf.string),
+    LABEL_FORMAT: tf.io.FixedLenFeature((), tf.string, default_value="png"),
+}
+
+
+def _bytes_feature(value: bytes) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int64_feature(value: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def encode_example(image: np.ndarray, label: np.ndarray, filename: str) -> bytes:
+    """Serializes one image and its label map as a `tf.train.Example` with PNG-encoded blobs.
+
+    Args:
+      image: uint8 array of shape [height, width, 3].
+      label: uint8 array of shape [height, width] holding class ids (and the ignore label).
+      filename: stored under `image/filename`; named in errors raised while reading the record.
+
+    Returns:
+      The serialized example.
+
+    Raises:
+      ValueError: if the dtypes or shapes are not as above or the spatial sizes differ.
+    """
+    image = np.asarray(image)
+    label = np.asarray(label)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(
+            f"encode_example({filename!r}): expected image uint8 [height, width, 3], "
+            f"received {image.dtype} {list(image.shape)}"
+        )
+    if label.dtype != np.uint8 or label.ndim != 2:
+        raise ValueError(
+            f"encode_example({filename!r}): expected label uint8 [height, width], "
+            f"received {label.dtype} {list(label.shape)}"
+        )
+    if image.shape[:2] != label.shape:
+        raise ValueError(
+            f"encode_example({filename!r}): expected image and label of the same height and width, "
+            f"received image {list(image.shape[:2])} and label {list(label.shape)}"
+        )
+    height, width = label.shape
+    feature = {
+        IMAGE_ENCODED: _bytes_feature(tf.io.encode_png(image).numpy()),
+        IMAGE_FORMAT: _bytes_feature(b"png"),
+        IMAGE_HEIGHT: _int64_feature(height),
+        IMAGE_WIDTH: _int64_feature(width),
+        IMAGE_FILENAME: _bytes_feature(filename.encode("utf-8")),
+        LABEL_ENCODED: _bytes_feature(tf.io.encode_png(label[..., np.newaxis]).numpy()),
+        LABEL_FORMAT: _bytes_feature(b"png"),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def format_size(size: tf.Tensor) -> tf.Tensor:
+    """Formats an int [height, width] tensor as the string tensor "HxW" for in-graph error messages."""
+    return tf.strings.reduce_join(tf.strings.as_string(size), separator="x")
+
+
+def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Parses one serialized example into `(image uint8 [H, W, 3], label uint8 [H, W])`; graph-safe.
+
+    The image may be JPEG or PNG (the format is sniffed from the bytes, not from `image/format`).
+
+    Raises:
+      tf.errors.InvalidArgumentError: when the image and label sizes differ (names `image/filename`).
+    """
+    features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    image = tf.io.decode_image(features[IMAGE_ENCODED], channels=3, expand_animations=False)
+    label = tf.io.decode_png(features[LABEL_ENCODED], channels=1)
+    image_size = tf.shape(image)[:2]
+    label_size = tf.shape(label)[:2]
+    # tf.debugging.Assert (not assert_equal) because the message must carry the record's filename tensor.
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(image_size, label_size)),
+        [
+            tf.strings.join(
+                [
+                    "Record ",
+                    features[IMAGE_FILENAME],
+                    ": expected the label map to have the image's height and width, received image ",
+                    format_size(image_size),
+                    " and label ",
+                    format_size(label_size),
+                ]
+            )
+        ],
+    )
+    with tf.control_dependencies([check]):
+        label = tf.squeeze(label, axis=-1)
+        image = tf.identity(image)
+    image.set_shape([None, None, 3])
+    label.set_shape([None, None])
+    return image, label
