@@ -38,10 +38,10 @@ class Checkpointer:
             checkpoint,
             directory,
             max_to_keep=max_to_keep,
-            step_counter=global_step,
-            checkpoint_interval=every_steps,
         )
         self._global_step = global_step
+        self._every_steps = every_steps
+        self._last_saved_step = 0
 
     @property
     def latest_checkpoint(self) -> str | None:
@@ -56,16 +56,22 @@ class Checkpointer:
             return None
         self._checkpoint.restore(path).assert_existing_objects_matched()
         step = int(self._global_step.numpy())
+        self._last_saved_step = step
         logging.info("Restored %s (step %d).", path, step)
         return step
 
     def save(self, force: bool = False) -> str | None:
-        """Saves at the current step when `every_steps` have passed since the last save (or when forced).
+        """Saves when the step crossed a multiple of `every_steps` since the last save, or when forced.
 
         Returns the chief's checkpoint path when one was written.
         """
         step = int(self._global_step.numpy())
-        path = self._manager.save(checkpoint_number=step, check_interval=not force)
+        crossed_boundary = step // self._every_steps > self._last_saved_step // self._every_steps
+        if step == self._last_saved_step or not (crossed_boundary or force):
+            return None
+        tf.io.gfile.makedirs(self._write_directory)
+        path = self._manager.save(checkpoint_number=step)
+        self._last_saved_step = step
         if not self._task.is_chief and path is not None:
             tf.io.gfile.rmtree(os.path.dirname(self._write_directory))
             return None

@@ -93,6 +93,4 @@ def test_tfrecord_dataset_globs_and_counts(tmp_path):
 def test_tfrecord_dataset_empty_pattern_names_the_binding(tmp_path):
     _write_records(str(tmp_path / "eval-0.tfrecord"), 1)
     with pytest.raises(ValueError, match=r"tfrecord_dataset\.train_pattern.*nothing-\*"):
-        tfrecord_dataset(
-            train_pattern=f"{tmp_path}/nothing-*", eval_pattern=f"{tmp_path}/eval-*", num_classes=2
-        )
+        tfrecord_dataset(train_pattern=f"{tmp_path}/nothing-*", eval_pattern=f"{tmp_path}/eval-*", num_classes=2)

@@ -174,9 +174,7 @@ def test_eval_without_context_and_explicit_eval_size(tmp_path):
 
 def test_eval_image_larger_than_eval_size_fails_naming_the_file(tmp_path):
     info = _info(tmp_path)
-    with pytest.raises(
-        tf.errors.InvalidArgumentError, match=r"example-000\.png.*at most 30x30.*received 32x32"
-    ):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"example-000\.png.*at most 30x30.*received 32x32"):
         list(InputPipeline(eval_size=(30, 30)).eval_dataset(info, 2))
 
 

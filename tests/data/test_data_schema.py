@@ -17,9 +17,7 @@ def _random_pair(height: int = 24, width: int = 40, seed: int = 0) -> tuple[np.n
 
 def test_png_round_trip_is_exact():
     image, label = _random_pair()
-    parsed_image, parsed_label = schema.parse_example(
-        tf.constant(schema.encode_example(image, label, "a.png"))
-    )
+    parsed_image, parsed_label = schema.parse_example(tf.constant(schema.encode_example(image, label, "a.png")))
     assert parsed_image.dtype == tf.uint8 and parsed_label.dtype == tf.uint8
     np.testing.assert_array_equal(parsed_image.numpy(), image)
     np.testing.assert_array_equal(parsed_label.numpy(), label)
@@ -27,9 +25,7 @@ def test_png_round_trip_is_exact():
 
 def test_round_trip_inside_tf_data_has_known_ranks():
     image, label = _random_pair()
-    dataset = tf.data.Dataset.from_tensors(schema.encode_example(image, label, "a.png")).map(
-        schema.parse_example
-    )
+    dataset = tf.data.Dataset.from_tensors(schema.encode_example(image, label, "a.png")).map(schema.parse_example)
     assert dataset.element_spec[0].shape.as_list() == [None, None, 3]
     assert dataset.element_spec[1].shape.as_list() == [None, None]
     parsed_image, parsed_label = next(iter(dataset))
@@ -60,9 +56,7 @@ def test_size_mismatch_names_the_record():
     image, _ = _random_pair(height=24)
     _, label = _random_pair(height=20)
     example = tf.train.Example.FromString(schema.encode_example(image, image[..., 0], "bad-0001.png"))
-    example.features.feature[schema.LABEL_ENCODED].bytes_list.value[0] = tf.io.encode_png(
-        label[..., None]
-    ).numpy()
+    example.features.feature[schema.LABEL_ENCODED].bytes_list.value[0] = tf.io.encode_png(label[..., None]).numpy()
     dataset = tf.data.Dataset.from_tensors(example.SerializeToString()).map(schema.parse_example)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"bad-0001\.png.*image 24x40 and label 20x40"):
         next(iter(dataset))

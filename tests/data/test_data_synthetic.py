@@ -65,9 +65,7 @@ def test_colour_carries_little_class_information(rendered):
 
 
 def test_synthetic_shapes_generates_then_reuses(tmp_path):
-    kwargs = dict(
-        data_dir=str(tmp_path), image_size=32, num_train_examples=10, num_eval_examples=6, num_shards=2
-    )
+    kwargs = dict(data_dir=str(tmp_path), image_size=32, num_train_examples=10, num_eval_examples=6, num_shards=2)
     info = synthetic.synthetic_shapes(**kwargs, seed=3)
     directory = tmp_path / "s32_n10_e6_k2_seed3"
     assert sorted(os.listdir(tmp_path)) == ["s32_n10_e6_k2_seed3"]  # no staging directory left behind
@@ -103,9 +101,7 @@ def test_synthetic_shapes_is_deterministic_and_splits_differ(tmp_path):
 
 
 def test_synthetic_shapes_keeps_the_copy_of_a_concurrent_winner(tmp_path, monkeypatch):
-    kwargs = dict(
-        data_dir=str(tmp_path), image_size=32, num_train_examples=4, num_eval_examples=4, num_shards=1
-    )
+    kwargs = dict(data_dir=str(tmp_path), image_size=32, num_train_examples=4, num_eval_examples=4, num_shards=1)
     winner = synthetic.synthetic_shapes(**kwargs)
     info_path = str(tmp_path / "s32_n4_e4_k1_seed0" / "dataset_info.json")
     mtime = os.stat(info_path).st_mtime_ns
@@ -125,6 +121,16 @@ def test_synthetic_shapes_keeps_the_copy_of_a_concurrent_winner(tmp_path, monkey
 
 def test_synthetic_shapes_rejects_more_shards_than_examples(tmp_path):
     with pytest.raises(ValueError, match=r"synthetic_shapes\.num_shards"):
-        synthetic.synthetic_shapes(
-            data_dir=str(tmp_path), num_train_examples=10, num_eval_examples=2, num_shards=4
+        synthetic.synthetic_shapes(data_dir=str(tmp_path), num_train_examples=10, num_eval_examples=2, num_shards=4)
+
+
+def test_synthetic_shapes_with_a_relative_data_dir_lists_existing_files(tmp_path, monkeypatch):
+    # The default data_dir is relative; the listed files must resolve to the generated ones, both on the
+    # generating call and on the reusing one.
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        info = synthetic.synthetic_shapes(
+            data_dir="relative/dir", image_size=16, num_train_examples=4, num_eval_examples=2, num_shards=2
         )
+        assert all(tf.io.gfile.exists(f) for f in info.train_files + info.eval_files)
+        assert count_examples(info.train_files) == 4

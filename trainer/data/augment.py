@@ -7,6 +7,8 @@ their integer dtype [H, W] and are never interpolated.
 
 import tensorflow as tf
 
+from trainer.config import ConfigError
+
 
 def random_scale(
     image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, min_scale: float, max_scale: float
@@ -17,9 +19,8 @@ def random_scale(
       ValueError: if not 0 < min_scale <= max_scale.
     """
     if not 0 < min_scale <= max_scale:
-        raise ValueError(
-            f"random_scale: expected 0 < min_scale <= max_scale, received min_scale={min_scale}, "
-            f"max_scale={max_scale}"
+        raise ConfigError(
+            f"random_scale: expected 0 < min_scale <= max_scale, received min_scale={min_scale}, max_scale={max_scale}"
         )
     scale = tf.random.stateless_uniform([], seed, minval=min_scale, maxval=max_scale)
     size = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -77,22 +78,14 @@ def random_crop(
     )
     offset_seeds = tf.random.experimental.stateless_split(seed, num=2)
     with tf.control_dependencies([check]):
-        top = tf.random.stateless_uniform(
-            [], offset_seeds[0], minval=0, maxval=size[0] - height + 1, dtype=tf.int32
-        )
-    left = tf.random.stateless_uniform(
-        [], offset_seeds[1], minval=0, maxval=size[1] - width + 1, dtype=tf.int32
-    )
-    image = tf.ensure_shape(
-        image[top : top + height, left : left + width, :], [height, width, image.shape[-1]]
-    )
+        top = tf.random.stateless_uniform([], offset_seeds[0], minval=0, maxval=size[0] - height + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], offset_seeds[1], minval=0, maxval=size[1] - width + 1, dtype=tf.int32)
+    image = tf.ensure_shape(image[top : top + height, left : left + width, :], [height, width, image.shape[-1]])
     label = tf.ensure_shape(label[top : top + height, left : left + width], [height, width])
     return image, label
 
 
-def random_horizontal_flip(
-    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
+def random_horizontal_flip(image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Mirrors both left-right with probability 1/2."""
     flip = tf.random.stateless_uniform([], seed) < 0.5
     image = tf.where(flip, tf.reverse(image, axis=[1]), image)

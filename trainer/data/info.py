@@ -6,6 +6,8 @@ import os
 
 import tensorflow as tf
 
+from trainer.config import ConfigError
+
 INFO_FILENAME = "dataset_info.json"
 
 
@@ -43,31 +45,27 @@ class DatasetInfo:
             object.__setattr__(self, "max_image_size", tuple(int(v) for v in self.max_image_size))
         where = f"DatasetInfo(name={self.name!r})"
         if self.num_classes <= 0:
-            raise ValueError(f"{where}: expected num_classes > 0, received {self.num_classes}")
+            raise ConfigError(f"{where}: expected num_classes > 0, received {self.num_classes}")
         if len(self.class_names) != self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: expected {self.num_classes} class_names (one per class), "
                 f"received {len(self.class_names)}: {self.class_names}"
             )
         if 0 <= self.ignore_label < self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: expected ignore_label outside the class ids [0, {self.num_classes}), "
                 f"received {self.ignore_label}"
             )
         for split in ("train", "eval"):
             if not getattr(self, f"{split}_files"):
-                raise ValueError(f"{where}: expected at least one file in {split}_files, received none")
+                raise ConfigError(f"{where}: expected at least one file in {split}_files, received none")
             if getattr(self, f"num_{split}_examples") <= 0:
-                raise ValueError(
-                    f"{where}: expected num_{split}_examples > 0, "
-                    f"received {getattr(self, f'num_{split}_examples')}"
+                raise ConfigError(
+                    f"{where}: expected num_{split}_examples > 0, received {getattr(self, f'num_{split}_examples')}"
                 )
-        if self.max_image_size is not None and (
-            len(self.max_image_size) != 2 or min(self.max_image_size) <= 0
-        ):
-            raise ValueError(
-                f"{where}: expected max_image_size (height, width) of positive ints, "
-                f"received {self.max_image_size}"
+        if self.max_image_size is not None and (len(self.max_image_size) != 2 or min(self.max_image_size) <= 0):
+            raise ConfigError(
+                f"{where}: expected max_image_size (height, width) of positive ints, received {self.max_image_size}"
             )
 
 
@@ -84,9 +82,13 @@ def _resolve(path: str, directory: str) -> str:
     return os.path.join(directory, path)
 
 
-def save(info: DatasetInfo, path: str) -> None:
-    """Writes `info` as JSON to `path` (a `dataset_info.json`; local or gs://)."""
-    directory = os.path.dirname(path)
+def save(info: DatasetInfo, path: str, files_relative_to: str | None = None) -> None:
+    """Writes `info` as JSON to `path` (a `dataset_info.json`; local or gs://).
+
+    File paths under `files_relative_to` (default: the JSON's directory) are stored relative to it; pass the
+    final directory when writing into a staging directory that will be renamed into place.
+    """
+    directory = files_relative_to or os.path.dirname(path)
     record = dataclasses.asdict(info)
     record["train_files"] = [_relative(f, directory) for f in info.train_files]
     record["eval_files"] = [_relative(f, directory) for f in info.eval_files]
@@ -105,7 +107,7 @@ def load(path: str) -> DatasetInfo:
         record = json.loads(f.read())
     expected = {field.name for field in dataclasses.fields(DatasetInfo)}
     if set(record) - expected or not set(record) >= expected - {"max_image_size"}:
-        raise ValueError(f"{path}: expected the fields {sorted(expected)}, received {sorted(record)}")
+        raise ConfigError(f"{path}: expected the fields {sorted(expected)}, received {sorted(record)}")
     record["train_files"] = [_resolve(f, directory) for f in record["train_files"]]
     record["eval_files"] = [_resolve(f, directory) for f in record["eval_files"]]
     return DatasetInfo(**record)

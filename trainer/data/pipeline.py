@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer.config import ConfigError
 from trainer.data import augment, schema
 from trainer.data.info import DatasetInfo
 
@@ -23,15 +24,17 @@ def _pipeline_placement(input_context: tf.distribute.InputContext | None) -> tup
     return input_context.num_input_pipelines, input_context.input_pipeline_id
 
 
-def _per_replica_batch_size(global_batch_size: int, input_context: tf.distribute.InputContext | None) -> int:
+def _per_replica_batch_size(
+    global_batch_size: int, input_context: tf.distribute.InputContext | None, binding: str
+) -> int:
     if global_batch_size <= 0:
-        raise ValueError(f"train.global_batch_size: expected a positive int, received {global_batch_size}")
+        raise ConfigError(f"{binding}: expected a positive int, received {global_batch_size}")
     if input_context is None:
         return global_batch_size
     num_replicas = input_context.num_replicas_in_sync
     if global_batch_size % num_replicas:
-        raise ValueError(
-            f"train.global_batch_size: expected a multiple of the {num_replicas} replicas in sync, "
+        raise ConfigError(
+            f"{binding}: expected a multiple of the {num_replicas} replicas in sync, "
             f"received {global_batch_size}"
         )
     return input_context.get_per_replica_batch_size(global_batch_size)
@@ -102,23 +105,19 @@ class InputPipeline:
         if self.eval_size is not None:
             object.__setattr__(self, "eval_size", tuple(int(v) for v in self.eval_size))
         if len(self.crop_size) != 2 or min(self.crop_size) <= 0:
-            raise ValueError(
-                "input_pipeline.crop_size: expected (height, width) of positive ints, "
-                f"received {self.crop_size}"
+            raise ConfigError(
+                f"input_pipeline.crop_size: expected (height, width) of positive ints, received {self.crop_size}"
             )
         if not 0 < self.min_scale <= self.max_scale:
-            raise ValueError(
+            raise ConfigError(
                 "input_pipeline.min_scale/max_scale: expected 0 < min_scale <= max_scale, received "
                 f"{self.min_scale}, {self.max_scale}"
             )
         if self.shuffle_buffer <= 0:
-            raise ValueError(
-                f"input_pipeline.shuffle_buffer: expected a positive int, received {self.shuffle_buffer}"
-            )
+            raise ConfigError(f"input_pipeline.shuffle_buffer: expected a positive int, received {self.shuffle_buffer}")
         if self.eval_size is not None and (len(self.eval_size) != 2 or min(self.eval_size) <= 0):
-            raise ValueError(
-                "input_pipeline.eval_size: expected (height, width) of positive ints, "
-                f"received {self.eval_size}"
+            raise ConfigError(
+                f"input_pipeline.eval_size: expected (height, width) of positive ints, received {self.eval_size}"
             )
 
     def train_dataset(
@@ -141,7 +140,7 @@ class InputPipeline:
         Raises:
           ValueError: if the global batch size is not a multiple of the replicas in sync.
         """
-        batch_size = _per_replica_batch_size(global_batch_size, input_context)
+        batch_size = _per_replica_batch_size(global_batch_size, input_context, "train.global_batch_size")
         num_pipelines, pipeline_id = _pipeline_placement(input_context)
         # Every pipeline computes the same permutation, so their file shards are disjoint and cover all files.
         files = [str(f) for f in np.random.default_rng(self.seed).permutation(sorted(info.train_files))]
@@ -175,9 +174,7 @@ class InputPipeline:
         def preprocess(index: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             image, label, _ = _parse_and_check(serialized, info)
             element_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-            scale_seed, crop_seed, flip_seed = tf.unstack(
-                tf.random.experimental.stateless_split(element_seed, num=3)
-            )
+            scale_seed, crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(element_seed, num=3))
             image, label = augment.random_scale(image, label, scale_seed, self.min_scale, self.max_scale)
             height, width = self.crop_size
             image, label = augment.pad_to_size(image, label, height, width, info.ignore_label)
@@ -212,17 +209,17 @@ class InputPipeline:
           ValueError: if no eval size is known, or the batch does not split evenly over replicas or
             pipelines.
         """
-        batch_size = _per_replica_batch_size(global_batch_size, input_context)
+        batch_size = _per_replica_batch_size(global_batch_size, input_context, "evaluation.global_batch_size")
         num_pipelines, pipeline_id = _pipeline_placement(input_context)
         eval_size = self.eval_size or info.max_image_size
         if eval_size is None:
-            raise ValueError(
+            raise ConfigError(
                 f"input_pipeline.eval_size: expected (height, width) since dataset {info.name!r} has no "
                 "max_image_size, received None"
             )
         if global_batch_size % num_pipelines:
-            raise ValueError(
-                f"train.global_batch_size: expected a multiple of the {num_pipelines} input pipelines, "
+            raise ConfigError(
+                f"evaluation.global_batch_size: expected a multiple of the {num_pipelines} input pipelines, "
                 f"received {global_batch_size}"
             )
         examples_per_pipeline = self.eval_steps(info, global_batch_size) * global_batch_size // num_pipelines

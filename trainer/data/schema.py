@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from trainer.config import ConfigError
+
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
 IMAGE_HEIGHT = "image/height"
@@ -48,17 +50,17 @@ def encode_example(image: np.ndarray, label: np.ndarray, filename: str) -> bytes
     image = np.asarray(image)
     label = np.asarray(label)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(
+        raise ConfigError(
             f"encode_example({filename!r}): expected image uint8 [height, width, 3], "
             f"received {image.dtype} {list(image.shape)}"
         )
     if label.dtype != np.uint8 or label.ndim != 2:
-        raise ValueError(
+        raise ConfigError(
             f"encode_example({filename!r}): expected label uint8 [height, width], "
             f"received {label.dtype} {list(label.shape)}"
         )
     if image.shape[:2] != label.shape:
-        raise ValueError(
+        raise ConfigError(
             f"encode_example({filename!r}): expected image and label of the same height and width, "
             f"received image {list(image.shape[:2])} and label {list(label.shape)}"
         )

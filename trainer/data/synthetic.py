@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer.config import ConfigError
 from trainer.data import info as info_lib
 from trainer.data import schema
 
@@ -85,7 +86,7 @@ def _shape_mask(
     if name == "cross":
         arm = extent / 6.0
         return ((np.abs(u) <= half) & (np.abs(v) <= arm)) | ((np.abs(v) <= half) & (np.abs(u) <= arm))
-    raise ValueError(f"_shape_mask: expected a class id in [1, {len(CLASS_NAMES)}), received {class_id}")
+    raise ConfigError(f"_shape_mask: expected a class id in [1, {len(CLASS_NAMES)}), received {class_id}")
 
 
 def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, image_size: int) -> np.ndarray:
@@ -164,9 +165,7 @@ def render_example(rng: np.random.Generator, image_size: int) -> tuple[np.ndarra
 def _write_split(
     directory: str, split: str, rng: np.random.Generator, image_size: int, num_examples: int, num_shards: int
 ) -> list[str]:
-    paths = [
-        os.path.join(directory, f"{split}-{k:05d}-of-{num_shards:05d}.tfrecord") for k in range(num_shards)
-    ]
+    paths = [os.path.join(directory, f"{split}-{k:05d}-of-{num_shards:05d}.tfrecord") for k in range(num_shards)]
     writers = [tf.io.TFRecordWriter(path) for path in paths]
     try:
         for index in range(num_examples):
@@ -204,9 +203,9 @@ def synthetic_shapes(
         ("num_shards", num_shards),
     ):
         if value <= 0:
-            raise ValueError(f"synthetic_shapes.{binding}: expected a positive int, received {value}")
+            raise ConfigError(f"synthetic_shapes.{binding}: expected a positive int, received {value}")
     if min(num_train_examples, num_eval_examples) < num_shards:
-        raise ValueError(
+        raise ConfigError(
             f"synthetic_shapes.num_shards: expected at most min(num_train_examples, num_eval_examples) = "
             f"{min(num_train_examples, num_eval_examples)} shards so none is empty, received {num_shards}"
         )
@@ -238,7 +237,7 @@ def synthetic_shapes(
         max_image_size=(image_size, image_size),
     )
     # Saved relative to `target`, so the JSON is valid once the staging directory has been renamed.
-    info_lib.save(info, os.path.join(staging, info_lib.INFO_FILENAME))
+    info_lib.save(info, os.path.join(staging, info_lib.INFO_FILENAME), files_relative_to=target)
     try:
         tf.io.gfile.rename(staging, target)
     except (tf.errors.OpError, OSError):

@@ -4,6 +4,7 @@ import gin
 import tensorflow as tf
 from absl import logging
 
+from trainer.config import ConfigError
 from trainer.data import info as info_lib
 
 
@@ -14,9 +15,7 @@ def _glob(patterns: str, binding: str) -> tuple[str, ...]:
         if pattern:
             files.update(tf.io.gfile.glob(pattern))
     if not files:
-        raise ValueError(
-            f"{binding}: expected the pattern to match at least one file, {patterns!r} matched none"
-        )
+        raise ConfigError(f"{binding}: expected the pattern to match at least one file, {patterns!r} matched none")
     return tuple(sorted(files))
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.config import ConfigError
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
@@ -33,7 +34,7 @@ class ASPP(keras.layers.Layer):
         self.filters = require_positive_int(owner, "filters", filters)
         self.atrous_rates = require_positive_ints(owner, "atrous_rates", atrous_rates)
         if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0 <= dropout_rate < 1:
-            raise ValueError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
+            raise ConfigError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
         self.dropout_rate = float(dropout_rate)
         self.conv_1x1 = ConvBNReLU(filters, 1, name="conv_1x1")
         self.atrous_convs = [

@@ -6,6 +6,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.config import ConfigError
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
@@ -32,7 +33,7 @@ class Decoder(keras.layers.Layer):
     def call(self, inputs: Sequence[tf.Tensor], training: bool | None = None) -> tf.Tensor:
         """Returns decoded features at the low-level resolution from (aspp_features, low_level_features)."""
         if len(inputs) != 2:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__}: expected inputs (aspp_features, low_level_features), "
                 f"received {len(inputs)} tensors"
             )

@@ -7,6 +7,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.config import ConfigError
 from trainer.models.aspp import ASPP
 from trainer.models.decoder import Decoder
 from trainer.models.layers import SERIALIZATION_PACKAGE, require_positive_int, resize_bilinear, spatial_size
@@ -33,7 +34,7 @@ class DeepLabV3Plus(keras.Model):
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"{owner}: expected `num_classes` to be an int >= 2, "
                 f"received {num_classes!r} (of type {type(num_classes).__name__})"
             )
@@ -41,7 +42,7 @@ class DeepLabV3Plus(keras.Model):
         if backbone is None:
             backbone = ResNet()  # gin-configured
         if not isinstance(backbone, keras.layers.Layer):
-            raise ValueError(
+            raise ConfigError(
                 f"{owner}: expected `backbone` to be a keras Model returning low_level/high_level features, "
                 f"received {backbone!r} (of type {type(backbone).__name__})"
             )

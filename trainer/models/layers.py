@@ -7,6 +7,8 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.config import ConfigError
+
 SERIALIZATION_PACKAGE = "deeplab_trainer"
 
 
@@ -14,7 +16,7 @@ def require_positive_int(owner: str, arg: str, value: Any) -> int:
     """Returns `value` if it is a positive int, else raises a ValueError naming `owner` and `arg`."""
     # bool is an int subclass; `True` as a filter count is always a config mistake.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
+        raise ConfigError(
             f"{owner}: expected `{arg}` to be a positive int, received {value!r} (of type {type(value).__name__})"
         )
     return value
@@ -24,7 +26,7 @@ def require_positive_ints(owner: str, arg: str, values: Any) -> tuple[int, ...]:
     """Returns `values` as a tuple if it is a non-empty sequence of positive ints, else raises ValueError."""
     # Lists are accepted because a JSON round trip of `get_config` turns tuples into lists.
     if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
-        raise ValueError(
+        raise ConfigError(
             f"{owner}: expected `{arg}` to be a non-empty sequence of positive ints, "
             f"received {values!r} (of type {type(values).__name__})"
         )
@@ -78,7 +80,7 @@ class ConvBNReLU(keras.layers.Layer):
         self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
         if strides > 1 and dilation_rate > 1:
             # Keras Conv2D rejects this pair too, but only at build time and without saying which layer.
-            raise ValueError(
+            raise ConfigError(
                 f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
                 "(Conv2D cannot do both), "
                 f"received strides={strides}, dilation_rate={dilation_rate}"
