@@ -116,7 +116,7 @@ def test_indivisible_global_batch_names_the_binding(tmp_path):
     info = _info(tmp_path)
     with pytest.raises(ValueError, match=r"train\.global_batch_size.*2 replicas.*received 3"):
         InputPipeline().train_dataset(info, 3, _context(0))
-    with pytest.raises(ValueError, match=r"train\.global_batch_size"):
+    with pytest.raises(ValueError, match=r"evaluation\.global_batch_size"):
         InputPipeline().eval_dataset(info, 3, _context(0))
 
 
