@@ -34,10 +34,15 @@ def _main(argv: list[str]) -> None:
     try:
         distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
+        report = train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
     except ConfigError as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
+    if report is not None:
+        print(
+            f"Validation mIoU {report['miou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} at step "
+            f"{report['step']} ({report['num_examples']} images); details in {_MODEL_DIR.value}/eval/."
+        )
 
 
 def main() -> None:

@@ -14,7 +14,27 @@ class ConfigError(ValueError):
     """A user-facing configuration error: the message says what is wrong and how to fix it."""
 
 
-class Mode(enum.Enum):
+class FlagEnum(enum.Enum):
+    """An enum whose values a flag accepts; `parse` turns a bad value into a ConfigError naming the flag."""
+
+    @classmethod
+    def flag_name(cls) -> str:
+        """The flag that takes these values, e.g. `--mode`."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, value: "str | FlagEnum") -> "FlagEnum":
+        """Returns the member named `value`, or raises ConfigError listing the valid ones."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            valid = ", ".join(member.value for member in cls)
+            raise ConfigError(f"{cls.flag_name()}: expected one of {{{valid}}}, received {value!r}.") from None
+
+
+class Mode(FlagEnum):
     """What a run does; `--mode` takes one of these values."""
 
     TRAIN = "train"
@@ -22,15 +42,8 @@ class Mode(enum.Enum):
     TRAIN_AND_EVAL = "train_and_eval"
 
     @classmethod
-    def parse(cls, value: "str | Mode") -> "Mode":
-        """Returns the mode named `value`, or raises ConfigError listing the valid ones."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(m.value for m in cls)
-            raise ConfigError(f"--mode: expected one of {{{valid}}}, received {value!r}.") from None
+    def flag_name(cls) -> str:
+        return "--mode"
 
 
 def _check_positive(binding: str, value: int) -> None:

@@ -1,17 +1,16 @@
 """The tf.distribute strategy factory and the facts about this task that the rest of the trainer needs."""
 
 import dataclasses
-import enum
 import json
 import os
 
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import ConfigError
+from trainer.config import ConfigError, FlagEnum
 
 
-class StrategyName(enum.Enum):
+class StrategyName(FlagEnum):
     """The strategies `--strategy` accepts."""
 
     AUTO = "auto"
@@ -21,15 +20,8 @@ class StrategyName(enum.Enum):
     TPU = "tpu"
 
     @classmethod
-    def parse(cls, value: "str | StrategyName") -> "StrategyName":
-        """Returns the strategy named `value`, or raises ConfigError listing the valid ones."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(s.value for s in cls)
-            raise ConfigError(f"--strategy: expected one of {{{valid}}}, received {value!r}.") from None
+    def flag_name(cls) -> str:
+        return "--strategy"
 
 
 def configure_virtual_cpus(count: int) -> None:

@@ -23,8 +23,14 @@ IGNORE_LABEL = 255
 
 _MIN_SHAPES, _MAX_SHAPES = 2, 4
 # Shape extent as a fraction of the image side; large enough that a small CNN sees the whole outline.
-_MIN_EXTENT, _MAX_EXTENT = 0.15, 0.45
+_MIN_EXTENT, _MAX_EXTENT = 0.2, 0.45
 _TEXTURES = ("solid", "stripes", "checker", "noise")
+# RGB distances: a shape's colour differs from what lies behind it by at least _MIN_CONTRAST, and its
+# texture's two colours by at most _TEXTURE_CONTRAST per channel.
+_MIN_CONTRAST = 100.0
+_TEXTURE_CONTRAST = 60.0
+# Part of the cache directory name: bump it whenever render_example changes, so stale data is not reused.
+_GENERATOR_VERSION = 2
 
 
 def _grid(image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +43,26 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0.0, 255.0, size=3).astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Returns a float32 [S, S, 3] texture; the same distribution is used for every class."""
-    colour_a, colour_b = _random_colour(rng), _random_colour(rng)
+def _contrasting_colour(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
+    """Returns a random colour at least `_MIN_CONTRAST` (RGB distance) away from the colour `behind`."""
+    for _ in range(32):
+        colour = _random_colour(rng)
+        if np.linalg.norm(colour - behind) >= _MIN_CONTRAST:
+            return colour
+    # Unreachable in practice (a random colour is that far from most colours); the opposite colour always is.
+    return (255.0 - behind).astype(np.float32)
+
+
+def _texture(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, behind: np.ndarray) -> np.ndarray:
+    """Returns a float32 [S, S, 3] texture standing out from the mean colour `behind` it.
+
+    Every class draws from the same distribution, so colour and texture carry no class information; the
+    texture's own contrast is kept below the contrast to the background so that outlines, not stripes or
+    checks, are the strongest edges.
+    """
+    colour_a = _contrasting_colour(rng, behind)
+    colour_b = np.clip(colour_a + rng.uniform(-_TEXTURE_CONTRAST, _TEXTURE_CONTRAST, size=3), 0.0, 255.0)
+    colour_b = colour_b.astype(np.float32)
     kind = _TEXTURES[rng.integers(len(_TEXTURES))]
     if kind == "solid":
         mix = np.zeros_like(x)
@@ -155,7 +178,7 @@ def render_example(rng: np.random.Generator, image_size: int) -> tuple[np.ndarra
         centres.append((centre, extent))
         angle = rng.uniform(0.0, 2.0 * np.pi) if CLASS_NAMES[class_id] != "disk" else 0.0
         mask = _shape_mask(class_id, x, y, centre, extent, angle)
-        image[mask] = _texture(rng, x, y)[mask]
+        image[mask] = _texture(rng, x, y, behind=image[mask].mean(axis=0))[mask]
         label[mask] = class_id
     image += rng.normal(0.0, rng.uniform(2.0, 8.0), size=image.shape).astype(np.float32)
     label = _ignore_boundaries(label, width=int(rng.integers(1, 3)))
@@ -209,7 +232,7 @@ def synthetic_shapes(
             f"synthetic_shapes.num_shards: expected at most min(num_train_examples, num_eval_examples) = "
             f"{min(num_train_examples, num_eval_examples)} shards so none is empty, received {num_shards}"
         )
-    name = f"s{image_size}_n{num_train_examples}_e{num_eval_examples}_k{num_shards}_seed{seed}"
+    name = f"v{_GENERATOR_VERSION}_s{image_size}_n{num_train_examples}_e{num_eval_examples}_k{num_shards}_seed{seed}"
     target = os.path.join(data_dir, name)
     info_path = os.path.join(target, info_lib.INFO_FILENAME)
     if tf.io.gfile.exists(info_path):

@@ -1,0 +1,50 @@
+"""Config parsing: enums checked in one place, gin errors that name the binding and suggest a fix."""
+
+import gin
+import pytest
+
+from trainer import train_lib  # noqa: F401  (registers every configurable)
+from trainer.config import ConfigError, Mode, TrainConfig, parse_gin
+from trainer.distribute import StrategyName
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+    yield
+    gin.clear_config()
+
+
+def test_enums_parse_values_and_reject_others_naming_the_flag():
+    assert Mode.parse("train_and_eval") is Mode.TRAIN_AND_EVAL
+    assert StrategyName.parse("multi_worker_mirrored") is StrategyName.MULTI_WORKER_MIRRORED
+    with pytest.raises(ConfigError, match=r"--mode: expected one of \{train, eval, train_and_eval\}, received 'fit'"):
+        Mode.parse("fit")
+    with pytest.raises(ConfigError, match="--strategy: expected one of"):
+        StrategyName.parse("horovod")
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("trian.steps = 3", "No configurable matching 'trian'. Did you mean 'train'?"),
+        ("train.stepz = 3", "Configurable 'train' doesn't have a parameter named 'stepz'. Did you mean 'steps'?"),
+        ("optimizer.learning_rat = 0.1", "Did you mean 'learning_rate'?"),
+    ],
+)
+def test_bad_bindings_name_the_binding_and_suggest_the_nearest(binding, message):
+    with pytest.raises(ConfigError) as error:
+        parse_gin([], [binding])
+    assert str(error.value).startswith(f"--gin_bindings={binding!r}: ")
+    assert message in str(error.value)
+
+
+def test_a_missing_gin_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="--gin_file=.*nope.gin: cannot read it"):
+        parse_gin([str(tmp_path / "nope.gin")], [])
+
+
+def test_bindings_apply_and_values_are_validated():
+    parse_gin([], ["train.steps = 12"])
+    assert TrainConfig().steps == 12
+    with pytest.raises(ConfigError, match="train.steps: expected a positive integer, received 0"):
+        TrainConfig(steps=0)
