@@ -25,3 +25,9 @@ def test_optimizer_is_sgd_with_momentum():
     optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.2, momentum=0.8)
     assert type(optimizer).__name__ == "SGD"
     assert optimizer.momentum == 0.8
+
+
+def test_adam_is_available_and_unknown_algorithms_are_named():
+    assert type(optim.build_optimizer(total_steps=10, algorithm="adam")).__name__ == "Adam"
+    with pytest.raises(ConfigError, match=r"optimizer.algorithm: expected one of \{sgd, adam\}, received 'lamb'"):
+        optim.build_optimizer(total_steps=10, algorithm="lamb")

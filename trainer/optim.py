@@ -1,5 +1,7 @@
 """The optimizer and its learning-rate schedule."""
 
+import enum
+
 import gin
 import tensorflow as tf
 import tf_keras as keras
@@ -52,9 +54,17 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+class Algorithm(enum.Enum):
+    """The update rules `optimizer.algorithm` accepts."""
+
+    SGD = "sgd"
+    ADAM = "adam"
+
+
 @gin.configurable("optimizer")
 def build_optimizer(
     total_steps: int,
+    algorithm: str = Algorithm.SGD.value,
     learning_rate: float = 0.01,
     momentum: float = 0.9,
     nesterov: bool = False,
@@ -62,14 +72,22 @@ def build_optimizer(
     poly_power: float = 0.9,
     end_learning_rate: float = 0.0,
 ) -> keras.optimizers.Optimizer:
-    """SGD with momentum on a warmup + polynomial schedule spanning `total_steps` (= `train.steps`)."""
+    """SGD with momentum (default) or Adam, on a warmup + polynomial schedule spanning `total_steps`.
+
+    `momentum` and `nesterov` apply to SGD; Adam uses its standard moments (beta_1 0.9, beta_2 0.999).
+    """
+    try:
+        algorithm = Algorithm(algorithm)
+    except ValueError:
+        valid = ", ".join(a.value for a in Algorithm)
+        raise ConfigError(
+            f"gin binding optimizer.algorithm: expected one of {{{valid}}}, received {algorithm!r}."
+        ) from None
     if learning_rate <= 0:
         raise ConfigError(f"gin binding optimizer.learning_rate: expected > 0, received {learning_rate}.")
     schedule = WarmupPolynomialDecay(
-        learning_rate,
-        total_steps,
-        warmup_steps=warmup_steps,
-        power=poly_power,
-        end_learning_rate=end_learning_rate,
+        learning_rate, total_steps, warmup_steps=warmup_steps, power=poly_power, end_learning_rate=end_learning_rate
     )
+    if algorithm is Algorithm.ADAM:
+        return keras.optimizers.Adam(learning_rate=schedule)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=nesterov)

@@ -28,9 +28,9 @@ _TEXTURES = ("solid", "stripes", "checker", "noise")
 # RGB distances: a shape's colour differs from what lies behind it by at least _MIN_CONTRAST, and its
 # texture's two colours by at most _TEXTURE_CONTRAST per channel.
 _MIN_CONTRAST = 100.0
-_TEXTURE_CONTRAST = 60.0
+_TEXTURE_CONTRAST = 35.0
 # Part of the cache directory name: bump it whenever render_example changes, so stale data is not reused.
-_GENERATOR_VERSION = 2
+_GENERATOR_VERSION = 3
 
 
 def _grid(image_size: int) -> tuple[np.ndarray, np.ndarray]:
