@@ -85,7 +85,9 @@ def create_strategy(name: "str | StrategyName", tpu: str | None = None) -> tf.di
     with more than one GPU, else one_device. Mirrored without GPUs uses every logical CPU.
     """
     name = StrategyName.parse(name)
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical: listing logical devices initialises the runtime, after which
+    # MultiWorkerMirrored can no longer configure its collective ops.
+    gpus = tf.config.list_physical_devices("GPU")
     if name is StrategyName.AUTO:
         if tpu:
             name = StrategyName.TPU
@@ -98,8 +100,8 @@ def create_strategy(name: "str | StrategyName", tpu: str | None = None) -> tf.di
     if name is StrategyName.ONE_DEVICE:
         strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     elif name is StrategyName.MIRRORED:
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        strategy = tf.distribute.MirroredStrategy(devices)
+        devices = None if gpus else [d.name for d in tf.config.list_logical_devices("CPU")]
+        strategy = tf.distribute.MirroredStrategy(devices)  # None: every local GPU
     elif name is StrategyName.MULTI_WORKER_MIRRORED:
         if not _tf_config():
             raise ConfigError("--strategy=multi_worker_mirrored needs the TF_CONFIG environment variable; it is unset.")

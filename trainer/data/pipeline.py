@@ -34,8 +34,7 @@ def _per_replica_batch_size(
     num_replicas = input_context.num_replicas_in_sync
     if global_batch_size % num_replicas:
         raise ConfigError(
-            f"{binding}: expected a multiple of the {num_replicas} replicas in sync, "
-            f"received {global_batch_size}"
+            f"{binding}: expected a multiple of the {num_replicas} replicas in sync, received {global_batch_size}"
         )
     return input_context.get_per_replica_batch_size(global_batch_size)
 
