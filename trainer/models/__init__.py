@@ -2,8 +2,19 @@
 
 from trainer.models.aspp import ASPP
 from trainer.models.decoder import Decoder
-from trainer.models.deeplab import DeepLabV3Plus
+from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
 from trainer.models.layers import ConvBNReLU, batch_norm
 from trainer.models.resnet import BottleneckBlock, ResNet
+from trainer.models.separable import SeparableConvBNReLU
 
-__all__ = ["ASPP", "BottleneckBlock", "ConvBNReLU", "Decoder", "DeepLabV3Plus", "ResNet", "batch_norm"]
+__all__ = [
+    "ASPP",
+    "BottleneckBlock",
+    "ConvBNReLU",
+    "Decoder",
+    "DeepLabV3",
+    "DeepLabV3Plus",
+    "ResNet",
+    "SeparableConvBNReLU",
+    "batch_norm",
+]

@@ -15,17 +15,27 @@ from trainer.models.layers import (
     resize_bilinear,
     spatial_size,
 )
+from trainer.models.separable import SeparableConvBNReLU
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class ASPP(keras.layers.Layer):
-    """ASPP (DeepLabV3): 1×1, one dilated 3×3 per rate and image pooling, concatenated and projected."""
+    """ASPP (DeepLabV3): 1×1, one dilated 3×3 per rate and image pooling, concatenated and projected.
+
+    Image pooling averages the whole feature map by default. With `pool_size` (the feature size of the training
+    crop, e.g. (33, 33) for 513×513 at output stride 16) it averages windows of that size instead, as DeepLab
+    does for fixed-size crops; larger inputs at inference then get a map of local averages, resized back, and
+    inputs smaller than the window fall back to the global average. `separable` makes the atrous branches
+    depthwise-separable convs.
+    """
 
     def __init__(
         self,
         filters: int = 256,
         atrous_rates: Sequence[int] = (6, 12, 18),
         dropout_rate: float = 0.1,
+        pool_size: Sequence[int] | None = None,
+        separable: bool = False,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -36,9 +46,16 @@ class ASPP(keras.layers.Layer):
         if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0 <= dropout_rate < 1:
             raise ConfigError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
         self.dropout_rate = float(dropout_rate)
+        if pool_size is not None:
+            pool_size = require_positive_ints(owner, "pool_size", pool_size)
+            if len(pool_size) != 2:
+                raise ConfigError(f"{owner}: expected `pool_size` (height, width), received {pool_size!r}")
+        self.pool_size = pool_size
+        self.separable = bool(separable)
         self.conv_1x1 = ConvBNReLU(filters, 1, name="conv_1x1")
+        atrous_conv = SeparableConvBNReLU if self.separable else ConvBNReLU
         self.atrous_convs = [
-            ConvBNReLU(filters, 3, dilation_rate=rate, name=f"atrous_conv_rate{rate}") for rate in self.atrous_rates
+            atrous_conv(filters, 3, dilation_rate=rate, name=f"atrous_conv_rate{rate}") for rate in self.atrous_rates
         ]
         # BN over a 1×1 pooled map has a degenerate batch at batch size 1; DeepLab keeps it and so do we.
         self.pool_conv = ConvBNReLU(filters, 1, name="image_pooling_conv")
@@ -49,12 +66,19 @@ class ASPP(keras.layers.Layer):
         """Returns the projected multi-scale context for an NHWC feature map, same spatial size."""
         branches = [self.conv_1x1(inputs, training=training)]
         branches += [conv(inputs, training=training) for conv in self.atrous_convs]
-        pooled = tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
-        pooled = self.pool_conv(pooled, training=training)
+        pooled = self.pool_conv(self._image_pool(inputs), training=training)
         branches.append(resize_bilinear(pooled, spatial_size(inputs)))
         x = tf.concat(branches, axis=-1)
         x = self.projection(x, training=training)
         return self.dropout(x, training=training)
+
+    def _image_pool(self, inputs: tf.Tensor) -> tf.Tensor:
+        """Averages over `pool_size` windows where the feature map is static and large enough, else globally."""
+        height, width = inputs.shape[1:3]
+        if self.pool_size is None or height is None or width is None:
+            return tf.reduce_mean(inputs, axis=[1, 2], keepdims=True)
+        window = [min(self.pool_size[0], height), min(self.pool_size[1], width)]
+        return tf.nn.avg_pool2d(inputs, ksize=window, strides=1, padding="VALID")
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
@@ -64,6 +88,8 @@ class ASPP(keras.layers.Layer):
                 "filters": self.filters,
                 "atrous_rates": self.atrous_rates,
                 "dropout_rate": self.dropout_rate,
+                "pool_size": self.pool_size,
+                "separable": self.separable,
             }
         )
         return config

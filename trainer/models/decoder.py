@@ -14,21 +14,34 @@ from trainer.models.layers import (
     resize_bilinear,
     spatial_size,
 )
+from trainer.models.separable import SeparableConvBNReLU
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class Decoder(keras.layers.Layer):
-    """Reduces low-level features, concatenates the upsampled ASPP output, refines with two 3×3 convs."""
+    """Reduces low-level features, concatenates the upsampled ASPP output, refines with two 3×3 convs.
 
-    def __init__(self, low_level_filters: int = 48, filters: int = 256, name: str | None = None, **kwargs: Any) -> None:
+    `separable` makes the two refining convs depthwise-separable (DeepLabV3+'s `decoder_use_separable_conv`).
+    """
+
+    def __init__(
+        self,
+        low_level_filters: int = 48,
+        filters: int = 256,
+        separable: bool = False,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         self.low_level_filters = require_positive_int(owner, "low_level_filters", low_level_filters)
         self.filters = require_positive_int(owner, "filters", filters)
+        self.separable = bool(separable)
         # Few low-level channels so they do not outweigh the semantically richer ASPP features.
         self.low_level_conv = ConvBNReLU(low_level_filters, 1, name="low_level_conv")
-        self.refine_conv1 = ConvBNReLU(filters, 3, name="refine_conv1")
-        self.refine_conv2 = ConvBNReLU(filters, 3, name="refine_conv2")
+        refine_conv = SeparableConvBNReLU if self.separable else ConvBNReLU
+        self.refine_conv1 = refine_conv(filters, 3, name="refine_conv1")
+        self.refine_conv2 = refine_conv(filters, 3, name="refine_conv2")
 
     def call(self, inputs: Sequence[tf.Tensor], training: bool | None = None) -> tf.Tensor:
         """Returns decoded features at the low-level resolution from (aspp_features, low_level_features)."""
@@ -47,5 +60,7 @@ class Decoder(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
         config = super().get_config()
-        config.update({"low_level_filters": self.low_level_filters, "filters": self.filters})
+        config.update(
+            {"low_level_filters": self.low_level_filters, "filters": self.filters, "separable": self.separable}
+        )
         return config

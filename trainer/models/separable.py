@@ -1,0 +1,46 @@
+"""Depthwise-separable conv-BN-ReLU, DeepLabV3+'s cheaper replacement for 3×3 convs in ASPP and decoder."""
+
+from typing import Any
+
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int
+
+
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class SeparableConvBNReLU(keras.layers.Layer):
+    """Depthwise k×k (dilated) → BN → ReLU → pointwise 1×1 → BN → ReLU, as DeepLab's split separable conv."""
+
+    def __init__(
+        self, filters: int, kernel_size: int = 3, dilation_rate: int = 1, name: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(name=name, **kwargs)
+        owner = type(self).__name__
+        self.filters = require_positive_int(owner, "filters", filters)
+        self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
+        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
+        self.depthwise = keras.layers.DepthwiseConv2D(
+            kernel_size,
+            dilation_rate=dilation_rate,
+            padding="same",
+            use_bias=False,
+            depthwise_initializer="he_normal",
+            name="depthwise",
+        )
+        self.depthwise_bn = batch_norm(name="depthwise_bn")
+        self.pointwise = keras.layers.Conv2D(
+            filters, 1, use_bias=False, kernel_initializer="he_normal", name="pointwise"
+        )
+        self.pointwise_bn = batch_norm(name="pointwise_bn")
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Applies the depthwise and pointwise convs, each followed by BN and ReLU."""
+        x = tf.nn.relu(self.depthwise_bn(self.depthwise(inputs), training=training))
+        return tf.nn.relu(self.pointwise_bn(self.pointwise(x), training=training))
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments."""
+        config = super().get_config()
+        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate})
+        return config
