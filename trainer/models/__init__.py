@@ -1,9 +1,10 @@
-"""DeepLabV3+ model family: ResNet backbone, ASPP, decoder and the shared conv/BN building blocks."""
+"""DeepLab model family: ResNet, Xception-65 and MobileNetV2 backbones, ASPP, decoder, shared building blocks."""
 
 from trainer.models.aspp import ASPP
 from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
 from trainer.models.layers import ConvBNReLU, batch_norm
+from trainer.models.mobilenet_v2 import MobileNetV2
 from trainer.models.resnet import BottleneckBlock, ResNet
 from trainer.models.separable import SeparableConvBNReLU
 
@@ -14,6 +15,7 @@ __all__ = [
     "Decoder",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "MobileNetV2",
     "ResNet",
     "SeparableConvBNReLU",
     "batch_norm",
