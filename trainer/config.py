@@ -58,7 +58,8 @@ def _check_positive(binding: str, value: int) -> None:
 class TrainConfig:
     """How long and how to train; bound in gin as `train.<field>`.
 
-    `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss.
+    `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss; `jit_compile`
+    compiles each replica's forward and backward pass with XLA.
     """
 
     steps: int = 1000
@@ -68,6 +69,7 @@ class TrainConfig:
     max_checkpoints_to_keep: int = 3
     l2_weight_decay: float = 1e-4
     seed: int = 0
+    jit_compile: bool = False
 
     def __post_init__(self):
         for name in ("steps", "global_batch_size", "steps_per_loop", "checkpoint_every_steps"):

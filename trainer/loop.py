@@ -22,26 +22,41 @@ def make_train_loop(
     global_step: tf.Variable,
     ignore_label: int,
     l2_weight_decay: float,
+    jit_compile: bool = False,
 ) -> TrainLoop:
     """Returns `train_loop(iterator, num_steps)`, which trains `num_steps` steps and returns loop statistics.
 
     The returned dict holds `loss` (mean over the loop of the global-batch loss, weight decay included),
     `cross_entropy` (same, without decay), `learning_rate` (at the last step) and `all_finite` (False if any
-    loss in the loop was NaN or Inf; the host raises on it).
+    loss in the loop was NaN or Inf; the host raises on it). `jit_compile` compiles the replica's forward and
+    backward pass with XLA (what TPUs require; static shapes throughout).
     """
 
-    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        replica_context = tf.distribute.get_replica_context()
-        num_replicas = replica_context.num_replicas_in_sync
+    def loss_and_gradients(
+        images: tf.Tensor, labels: tf.Tensor, global_valid_pixels: tf.Tensor, num_replicas: int
+    ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss_sum, valid_pixels = losses.pixel_cross_entropy_sum(labels, logits, ignore_label)
-            global_valid_pixels = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, valid_pixels)
+            loss_sum, _ = losses.pixel_cross_entropy_sum(labels, logits, ignore_label)
             cross_entropy = loss_sum / tf.maximum(global_valid_pixels, 1.0)
             # Gradients are summed across replicas, so each replica carries 1/num_replicas of the penalty.
             decay = l2_weight_decay * losses.l2_kernel_penalty(model.trainable_variables) / num_replicas
             loss = cross_entropy + decay
-        gradients = tape.gradient(loss, model.trainable_variables)
+        return loss, cross_entropy, tape.gradient(loss, model.trainable_variables)
+
+    if jit_compile:
+        # Only the model's forward and backward pass is compiled; the all-reduce and the optimizer update
+        # stay outside, so the same step runs under every strategy.
+        loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
+
+    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        replica_context = tf.distribute.get_replica_context()
+        valid_pixels = tf.reduce_sum(tf.cast(tf.not_equal(labels, ignore_label), tf.float32))
+        # The loss is normalised by the valid pixels of the global batch, whatever the replica count.
+        global_valid_pixels = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, valid_pixels)
+        loss, cross_entropy, gradients = loss_and_gradients(
+            images, labels, global_valid_pixels, replica_context.num_replicas_in_sync
+        )
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss, cross_entropy
 

@@ -92,6 +92,7 @@ class _Run:
             self.global_step,
             ignore_label=dataset_info.ignore_label,
             l2_weight_decay=train_config.l2_weight_decay,
+            jit_compile=train_config.jit_compile,
         )
         self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
         self._train_iterator = None

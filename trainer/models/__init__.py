@@ -7,6 +7,7 @@ from trainer.models.layers import ConvBNReLU, batch_norm
 from trainer.models.mobilenet_v2 import MobileNetV2
 from trainer.models.resnet import BottleneckBlock, ResNet
 from trainer.models.separable import SeparableConvBNReLU
+from trainer.models.xception import Xception65
 
 __all__ = [
     "ASPP",
@@ -18,5 +19,6 @@ __all__ = [
     "MobileNetV2",
     "ResNet",
     "SeparableConvBNReLU",
+    "Xception65",
     "batch_norm",
 ]
