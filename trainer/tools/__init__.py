@@ -1,0 +1,1 @@
+"""Small command-line tools around the trainer (model statistics, ...)."""
