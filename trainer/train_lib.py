@@ -21,6 +21,7 @@ from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
+from trainer.initialization import initialize_model
 from trainer.models import DeepLabV3Plus
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -234,6 +235,10 @@ def run(
     state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline)
     try:
         restored_step = state.checkpointer.restore_latest()
+        if restored_step is None and mode is not Mode.EVAL:
+            # Only a fresh run starts from pretrained weights; a resumed one continues from its own checkpoint.
+            with state.strategy.scope():
+                initialize_model(state.model)
         if mode is Mode.EVAL:
             if restored_step is None:
                 raise ConfigError(f"--mode=eval: no checkpoint in {state.checkpointer.directory} to evaluate.")

@@ -10,6 +10,7 @@ import tf_keras as keras
 from trainer.config import ConfigError
 
 SERIALIZATION_PACKAGE = "deeplab_trainer"
+VALID_PADDINGS = ("same", "valid")
 
 
 def require_positive_int(owner: str, arg: str, value: Any) -> int:
@@ -54,13 +55,19 @@ def spatial_size(images: tf.Tensor) -> list[int | tf.Tensor]:
 
 def resize_bilinear(images: tf.Tensor, size: Sequence[int | tf.Tensor]) -> tf.Tensor:
     """Bilinearly resizes NHWC `images` to `size` = [height, width], keeping their dtype."""
-    # tf.image.resize computes bilinear resizes in float32; cast back so mixed precision stays in bf16/fp16.
-    return tf.cast(tf.image.resize(images, size, method="bilinear"), images.dtype)
+    # Resized in float32 and cast back, so mixed precision stays in bf16/fp16 downstream; resizing bf16 directly
+    # makes XLA's ResizeBilinearGrad mix f32 and bf16 and fail to compile.
+    return tf.cast(tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear"), images.dtype)
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class ConvBNReLU(keras.layers.Layer):
-    """Conv2D (no bias, 'same' padding, he_normal) → batch_norm() → optional ReLU."""
+    """Conv2D (he_normal; by default no bias and 'same' padding) → batch_norm() → optional ReLU.
+
+    `use_bias`, `padding` and `bn_epsilon` exist so that a backbone can mirror a reference architecture
+    (e.g. keras' ResNet, whose convs carry a bias) and load its weights; `bn_epsilon=None` leaves the epsilon
+    to `batch_norm` (and so to gin).
+    """
 
     def __init__(
         self,
@@ -69,6 +76,9 @@ class ConvBNReLU(keras.layers.Layer):
         strides: int = 1,
         dilation_rate: int = 1,
         activation: bool = True,
+        use_bias: bool = False,
+        padding: str = "same",
+        bn_epsilon: float | None = None,
         name: str | None = None,
         **kwargs: Any,
     ) -> None:
@@ -85,18 +95,29 @@ class ConvBNReLU(keras.layers.Layer):
                 "(Conv2D cannot do both), "
                 f"received strides={strides}, dilation_rate={dilation_rate}"
             )
+        if padding not in VALID_PADDINGS:
+            raise ConfigError(f"{owner} {self.name!r}: expected `padding` in {VALID_PADDINGS}, received {padding!r}")
+        if bn_epsilon is not None and (
+            isinstance(bn_epsilon, bool) or not isinstance(bn_epsilon, int | float) or bn_epsilon <= 0
+        ):
+            raise ConfigError(f"{owner} {self.name!r}: expected `bn_epsilon` > 0 or None, received {bn_epsilon!r}")
         self.activation = bool(activation)
+        # The following BN's beta makes a conv bias redundant; it is kept only to mirror reference weights.
+        self.use_bias = bool(use_bias)
+        self.padding = padding
+        self.bn_epsilon = bn_epsilon
         self.conv = keras.layers.Conv2D(
             filters,
             kernel_size,
             strides=strides,
             dilation_rate=dilation_rate,
-            padding="same",
-            use_bias=False,  # the following BN's beta makes a conv bias redundant
+            padding=padding,
+            use_bias=self.use_bias,
             kernel_initializer="he_normal",
             name="conv",
         )
-        self.bn = batch_norm(name="bn")
+        # Passing epsilon only when set keeps a gin binding of `batch_norm.epsilon` in force everywhere else.
+        self.bn = batch_norm(name="bn") if bn_epsilon is None else batch_norm(name="bn", epsilon=bn_epsilon)
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """Applies conv, BN and (optionally) ReLU."""
@@ -113,6 +134,9 @@ class ConvBNReLU(keras.layers.Layer):
                 "strides": self.strides,
                 "dilation_rate": self.dilation_rate,
                 "activation": self.activation,
+                "use_bias": self.use_bias,
+                "padding": self.padding,
+                "bn_epsilon": self.bn_epsilon,
             }
         )
         return config

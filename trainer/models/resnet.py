@@ -17,11 +17,16 @@ from trainer.models.layers import (
 
 BOTTLENECK_EXPANSION = 4
 VALID_OUTPUT_STRIDES = (8, 16, 32)
+VALID_STEMS = ("v1", "beta")
+# Per-channel ImageNet mean (BGR, 0-255) that the Keras ResNet weights subtract from their inputs.
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# keras.applications' ResNet uses this epsilon; matching it lets its ImageNet weights load unchanged.
+BN_EPSILON = 1.001e-5
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class BottleneckBlock(keras.layers.Layer):
-    """ResNet v1 bottleneck: 1×1 → 3×3 (strided / dilated) → 1×1 (×4 channels), plus a shortcut."""
+    """ResNet v1 bottleneck as in keras.applications: 1×1 (strided) → 3×3 (dilated) → 1×1 (×4), plus a shortcut."""
 
     def __init__(
         self,
@@ -37,12 +42,16 @@ class BottleneckBlock(keras.layers.Layer):
         self.strides = strides
         self.dilation_rate = dilation_rate
         self.use_projection = bool(use_projection)
-        self.conv1 = ConvBNReLU(filters, 1, name="conv1")
-        # The stride sits on the 3×3 (as in slim's resnet_v1 used by DeepLab), not on the first 1×1.
-        self.conv2 = ConvBNReLU(filters, 3, strides=strides, dilation_rate=dilation_rate, name="conv2")
-        self.conv3 = ConvBNReLU(filters * BOTTLENECK_EXPANSION, 1, activation=False, name="conv3")
+        # Every conv carries a bias and the stride sits on the first 1×1, exactly as in keras' ResNet50/101,
+        # so that its pretrained weights map one to one (slim's resnet_v1 strides the 3×3 instead).
+        keras_like = {"use_bias": True, "bn_epsilon": BN_EPSILON}
+        self.conv1 = ConvBNReLU(filters, 1, strides=strides, name="conv1", **keras_like)
+        self.conv2 = ConvBNReLU(filters, 3, dilation_rate=dilation_rate, name="conv2", **keras_like)
+        self.conv3 = ConvBNReLU(filters * BOTTLENECK_EXPANSION, 1, activation=False, name="conv3", **keras_like)
         self.shortcut = (
-            ConvBNReLU(filters * BOTTLENECK_EXPANSION, 1, strides=strides, activation=False, name="shortcut")
+            ConvBNReLU(
+                filters * BOTTLENECK_EXPANSION, 1, strides=strides, activation=False, name="shortcut", **keras_like
+            )
             if self.use_projection
             else None
         )
@@ -54,6 +63,17 @@ class BottleneckBlock(keras.layers.Layer):
         residual = self.conv3(residual, training=training)
         shortcut = inputs if self.shortcut is None else self.shortcut(inputs, training=training)
         return tf.nn.relu(residual + shortcut)
+
+    def keras_layers(self, prefix: str) -> dict[str, keras.layers.Layer]:
+        """Maps keras.applications names (`{prefix}_1_conv`, `{prefix}_0_bn`, …) to this block's layers."""
+        convs = {"1": self.conv1, "2": self.conv2, "3": self.conv3}
+        if self.shortcut is not None:
+            convs["0"] = self.shortcut
+        layers = {}
+        for index, conv in sorted(convs.items()):
+            layers[f"{prefix}_{index}_conv"] = conv.conv
+            layers[f"{prefix}_{index}_bn"] = conv.bn
+        return layers
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
@@ -74,9 +94,15 @@ class BottleneckBlock(keras.layers.Layer):
 class ResNet(keras.Model):
     """ResNet v1 (bottleneck) backbone returning stride-4 low-level and `output_stride` high-level features.
 
+    With `stem="v1"` the network is layer for layer keras.applications' ResNet50/ResNet101 (see
+    `keras_application_layers`), so at output_stride 32 it computes the same features from the same weights.
+    `stem="beta"` replaces the 7×7 stem conv by DeepLab's resnet_v1_beta stem of three 3×3 convs.
+
     Stages that would downsample past `output_stride` keep stride 1 and dilate their 3×3 convs instead. The
     last stage's block `i` additionally multiplies its dilation by `multi_grid[i % len(multi_grid)]`, so the
     DeepLab default (1, 2, 4) applies to a 3-block last stage and the default (1, 1, 1) fits any depth.
+    `caffe_preprocessing` converts the input pipeline's [-1, 1] RGB images to what the Keras ImageNet `.h5`
+    weights expect; turn it on together with `init.keras_h5`.
     """
 
     def __init__(
@@ -85,11 +111,14 @@ class ResNet(keras.Model):
         base_filters: int = 64,
         output_stride: int = 16,
         multi_grid: Sequence[int] = (1, 1, 1),
+        stem: str = "v1",
+        caffe_preprocessing: bool = False,
         name: str = "resnet",
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
+        self.caffe_preprocessing = bool(caffe_preprocessing)
         self.block_depths = require_positive_ints(owner, "block_depths", block_depths)
         if len(self.block_depths) != 4:
             raise ConfigError(
@@ -103,6 +132,9 @@ class ResNet(keras.Model):
             )
         self.output_stride = output_stride
         self.multi_grid = require_positive_ints(owner, "multi_grid", multi_grid)
+        if stem not in VALID_STEMS:
+            raise ConfigError(f"{owner}: expected `stem` in {VALID_STEMS}, received {stem!r}")
+        self.stem = stem
 
         stage_strides, stage_dilations = _stage_strides_and_dilations(output_stride)
         if stage_strides[-1] > 1 and self.multi_grid[0] > 1:
@@ -111,8 +143,39 @@ class ResNet(keras.Model):
                 f"received output_stride={output_stride}, multi_grid={self.multi_grid}"
             )
 
-        self.stem_conv = ConvBNReLU(base_filters, 7, strides=2, name="stem_conv")
-        self.stem_pool = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")
+        # Explicit symmetric padding + 'valid' (keras' conv1_pad / pool1_pad): 'same' would pad an even input
+        # asymmetrically and shift every feature by a pixel relative to the pretrained network.
+        if stem == "v1":
+            self.stem_pad = keras.layers.ZeroPadding2D(3, name="stem_pad")
+            self.stem_convs = [
+                ConvBNReLU(
+                    base_filters,
+                    7,
+                    strides=2,
+                    padding="valid",
+                    use_bias=True,
+                    bn_epsilon=BN_EPSILON,
+                    name="stem_conv",
+                )
+            ]
+        else:
+            # resnet_v1_beta's root block: 3×3 convs of 64/2, 64, 128 channels (scaled with base_filters).
+            # No conv bias here: slim has none and there are no keras weights to mirror.
+            widths = (base_filters, base_filters, 2 * base_filters)
+            self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad")
+            self.stem_convs = [
+                ConvBNReLU(
+                    width,
+                    3,
+                    strides=2 if index == 0 else 1,
+                    padding="valid" if index == 0 else "same",
+                    bn_epsilon=BN_EPSILON,
+                    name=f"stem_conv{index + 1}",
+                )
+                for index, width in enumerate(widths)
+            ]
+        self.pool_pad = keras.layers.ZeroPadding2D(1, name="pool_pad")
+        self.stem_pool = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")
         self.stages: list[list[BottleneckBlock]] = []
         last = len(self.block_depths) - 1
         for stage, depth in enumerate(self.block_depths):
@@ -131,10 +194,24 @@ class ResNet(keras.Model):
                 )
             self.stages.append(blocks)
 
+    @property
+    def stem_conv(self) -> ConvBNReLU:
+        """The first (strided) stem conv."""
+        return self.stem_convs[0]
+
     def call(self, images: tf.Tensor, training: bool | None = None) -> dict[str, tf.Tensor]:
         """Returns {"low_level": stage-1 output (stride 4), "high_level": stage-4 output (output_stride)}."""
-        x = self.stem_conv(tf.cast(images, self.compute_dtype), training=training)
-        x = self.stem_pool(x)
+        images = tf.cast(images, tf.float32)
+        if self.caffe_preprocessing:
+            # The Keras ImageNet weights were trained on 0-255 BGR images minus the ImageNet mean, not on the
+            # pipeline's [-1, 1] RGB.
+            images = (images + 1.0) * 127.5
+            images = images[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, tf.float32)
+        x = self.stem_pad(tf.cast(images, self.compute_dtype))
+        for conv in self.stem_convs:
+            x = conv(x, training=training)
+        # Zero padding before the max pool is exact: its input is post-ReLU, so zeros never win the max.
+        x = self.stem_pool(self.pool_pad(x))
         low_level = None
         for stage, blocks in enumerate(self.stages):
             for block in blocks:
@@ -142,6 +219,20 @@ class ResNet(keras.Model):
             if stage == 0:
                 low_level = x
         return {"low_level": low_level, "high_level": x}
+
+    def keras_application_layers(self) -> dict[str, keras.layers.Layer]:
+        """Maps keras.applications ResNet layer names (`conv1_conv`, `conv2_block1_0_bn`, …) to our layers.
+
+        Covers every layer with weights; the "beta" stem has no keras counterpart, so its entries are absent.
+        """
+        layers = {}
+        if self.stem == "v1":
+            layers["conv1_conv"] = self.stem_conv.conv
+            layers["conv1_bn"] = self.stem_conv.bn
+        for stage, blocks in enumerate(self.stages):
+            for index, block in enumerate(blocks):
+                layers.update(block.keras_layers(f"conv{stage + 2}_block{index + 1}"))
+        return layers
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
@@ -152,6 +243,8 @@ class ResNet(keras.Model):
             "base_filters": self.base_filters,
             "output_stride": self.output_stride,
             "multi_grid": self.multi_grid,
+            "stem": self.stem,
+            "caffe_preprocessing": self.caffe_preprocessing,
         }
 
 

@@ -1,0 +1,252 @@
+"""Initialising models from local files: keras.applications `.h5` weights and this trainer's checkpoints."""
+
+import dataclasses
+import os
+
+import h5py
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from trainer.config import ConfigError
+
+# Which sub-layers of DeepLabV3Plus each `parts` value restores, in the model's own attribute names.
+RESTORABLE_PARTS = {
+    "backbone": ("backbone",),
+    "backbone+aspp": ("backbone", "aspp"),
+    "all": ("backbone", "aspp", "decoder", "classifier"),
+}
+# The root name under which train_lib's `tf.train.Checkpoint(model=..., optimizer=..., global_step=...)` saves.
+CHECKPOINT_MODEL_KEY = "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What `load_keras_applications_h5` loaded: keras layer names matched, missing, unused; arrays assigned."""
+
+    matched: tuple[str, ...]
+    missing_in_file: tuple[str, ...]
+    unused_in_file: tuple[str, ...]
+    num_weights_loaded: int
+
+
+def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fraction: float = 0.9) -> LoadReport:
+    """Copies a keras.applications `.h5` weight file into `backbone` by keras layer name.
+
+    Args:
+      backbone: a built backbone with `keras_application_layers()` (ResNet with stem "v1", MobileNetV2).
+      path: a file written by `model.save_weights("x.h5")` or `model.save("x.h5")` of the keras application.
+      min_matched_fraction: the least fraction of the backbone's mapped layers that the file must provide;
+        guards against silently loading (almost) nothing from a file of another architecture.
+
+    Returns:
+      A LoadReport; `num_weights_loaded` counts arrays (kernels, biases, BN statistics …) assigned.
+
+    Raises:
+      ConfigError: the backbone has no keras mapping or is not built, the file is missing or unreadable, a
+        matched layer's weights differ in count or shape, or too few layers match. Nothing is assigned then.
+    """
+    owner = "load_keras_applications_h5"
+    if not callable(getattr(backbone, "keras_application_layers", None)):
+        raise ConfigError(
+            f"{owner}: expected a backbone with a `keras_application_layers()` method (ResNet, MobileNetV2), "
+            f"received {type(backbone).__name__}; other backbones can only start from a checkpoint of this trainer"
+        )
+    if isinstance(min_matched_fraction, bool) or not isinstance(min_matched_fraction, int | float):
+        raise ConfigError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
+    if not 0 < min_matched_fraction <= 1:
+        raise ConfigError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
+    layers = backbone.keras_application_layers()
+    unbuilt = [name for name, layer in layers.items() if not layer.weights]
+    if unbuilt:
+        raise ConfigError(
+            f"{owner}: expected a built backbone (call it on an input first), "
+            f"received {type(backbone).__name__} {backbone.name!r} whose layers {unbuilt[:3]} have no weights yet"
+        )
+    if not os.path.isfile(path):
+        raise ConfigError(f"{owner}: expected an existing .h5 weights file, received {path!r} (no such file)")
+
+    try:
+        with h5py.File(path, "r") as h5:
+            weights_group = h5["model_weights"] if "model_weights" in h5 else h5
+            file_layers = _layers_with_weights(weights_group)
+            if file_layers is None:
+                raise ConfigError(
+                    f"{owner}: expected a keras .h5 weights file with a `layer_names` attribute (at the root or "
+                    f"under `model_weights`), received {path!r} without one"
+                )
+            matched = tuple(name for name in layers if name in file_layers)
+            values = {name: _read_weights(weights_group[name], file_layers[name]) for name in matched}
+    except OSError as error:
+        raise ConfigError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
+
+    for name in matched:
+        _check_shapes(owner, path, name, layers[name], file_layers[name], values[name])
+    if len(matched) < min_matched_fraction * len(layers):
+        raise ConfigError(
+            f"{owner}: expected at least {min_matched_fraction:.0%} of the {len(layers)} layers of "
+            f"{type(backbone).__name__} {backbone.name!r} in {path!r}, received {len(matched)} "
+            f"({', '.join(matched[:5]) or 'none'}): is it the weights file of another architecture?"
+        )
+
+    for name in matched:
+        layers[name].set_weights(values[name])
+    report = LoadReport(
+        matched=matched,
+        missing_in_file=tuple(name for name in layers if name not in file_layers),
+        unused_in_file=tuple(name for name in file_layers if name not in layers),
+        num_weights_loaded=sum(len(values[name]) for name in matched),
+    )
+    logging.info(
+        "Loaded %d arrays into %d of %d layers of %s from %s.",
+        report.num_weights_loaded,
+        len(report.matched),
+        len(layers),
+        backbone.name,
+        path,
+    )
+    if report.missing_in_file:
+        logging.warning("Not in %s (left at their initialisation): %s", path, ", ".join(report.missing_in_file))
+    if report.unused_in_file:
+        logging.warning("In %s but not in %s (ignored): %s", path, backbone.name, ", ".join(report.unused_in_file))
+    return report
+
+
+def restore_from_checkpoint(model: keras.Model, path: str, parts: str = "backbone") -> tuple[str, ...]:
+    """Restores `parts` of a built DeepLabV3Plus from a checkpoint written by this trainer.
+
+    Args:
+      model: a built model with sub-layers `backbone`, `aspp`, `decoder`, `classifier`.
+      path: a checkpoint prefix (".../ckpt-1000") or a directory holding checkpoints (the latest is used).
+      parts: "backbone", "backbone+aspp" or "all". With "all" a classifier whose number of classes differs
+        from the checkpoint's keeps its fresh initialisation.
+
+    Returns:
+      The names of the restored sub-layers, e.g. ("backbone", "aspp", "decoder").
+
+    Raises:
+      ConfigError: `parts` is unknown, the model is not built, no checkpoint is found, or a requested part is
+        missing from the checkpoint or does not match it variable for variable.
+    """
+    owner = "restore_from_checkpoint"
+    if parts not in RESTORABLE_PARTS:
+        raise ConfigError(f"{owner}: expected `parts` in {tuple(RESTORABLE_PARTS)}, received {parts!r}")
+    names = RESTORABLE_PARTS[parts]
+    for name in names:
+        part = getattr(model, name, None)
+        if not isinstance(part, keras.layers.Layer):
+            raise ConfigError(
+                f"{owner}: expected a model with a `{name}` sub-layer for parts={parts!r}, "
+                f"received {type(model).__name__} without one"
+            )
+        if not part.weights:
+            # A restore into unbuilt layers is deferred and could not be verified here.
+            raise ConfigError(
+                f"{owner}: expected a built model (call it on an input first), "
+                f"received {type(model).__name__} {model.name!r} whose `{name}` has no weights yet"
+            )
+    prefix = _checkpoint_prefix(owner, path)
+
+    if "classifier" in names:
+        saved_shape = _saved_shape(prefix, "classifier/kernel")
+        own_shape = tuple(model.classifier.kernel.shape)
+        if saved_shape is not None and saved_shape != own_shape:
+            logging.info(
+                "Classifier re-initialised: its kernel is %s here but %s in %s (another number of classes).",
+                own_shape,
+                saved_shape,
+                prefix,
+            )
+            names = tuple(name for name in names if name != "classifier")
+
+    # A partial object graph with the same names as train_lib's checkpoint (model/<part>/...) restores exactly
+    # these parts; optimizer slots, the step and the other parts in the file are deliberately left behind.
+    partial_model = tf.train.Checkpoint(**{name: getattr(model, name) for name in names})
+    partial = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: partial_model})
+    try:
+        status = partial.read(prefix)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ConfigError(
+            f"{owner}: expected {prefix!r} to hold {', '.join(names)} of a model like "
+            f"{type(model).__name__} {model.name!r} (saved as `{CHECKPOINT_MODEL_KEY}` of a tf.train.Checkpoint), "
+            f"but they did not match: {error}"
+        ) from error
+    status.expect_partial()
+    logging.info("Restored %s of %s from %s.", ", ".join(names), model.name, prefix)
+    return names
+
+
+def _layers_with_weights(group: h5py.Group) -> dict[str, list[str]] | None:
+    """Returns {layer name: weight names} for the layers with weights in a keras .h5 group, None if not one."""
+    layer_names = _string_attribute(group, "layer_names")
+    if layer_names is None:
+        return None
+    layers = {}
+    for name in layer_names:
+        weight_names = _string_attribute(group[name], "weight_names") or []
+        if weight_names:
+            layers[name] = weight_names
+    return layers
+
+
+def _string_attribute(group: h5py.Group, name: str) -> list[str] | None:
+    """Reads a list-of-strings attribute, which keras splits into `name0`, `name1`, … when it is large."""
+    if name in group.attrs:
+        chunks = [group.attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in group.attrs:
+            chunks.append(group.attrs[f"{name}{len(chunks)}"])
+        if not chunks:
+            return None
+    return [value.decode("utf8") if isinstance(value, bytes) else str(value) for chunk in chunks for value in chunk]
+
+
+def _read_weights(layer_group: h5py.Group, weight_names: list[str]) -> list[np.ndarray]:
+    """Reads a layer's arrays in the order keras saved them, which is the order of `layer.weights`."""
+    return [np.asarray(layer_group[weight_name]) for weight_name in weight_names]
+
+
+def _check_shapes(
+    owner: str,
+    path: str,
+    name: str,
+    layer: keras.layers.Layer,
+    weight_names: list[str],
+    values: list[np.ndarray],
+) -> None:
+    """Raises ConfigError naming the layer when the file's arrays do not fit `layer`'s weights one to one."""
+    if len(values) != len(layer.weights):
+        raise ConfigError(
+            f"{owner}: layer {name!r} in {path!r}: expected {len(layer.weights)} arrays "
+            f"({', '.join(w.name for w in layer.weights)}), received {len(values)} ({', '.join(weight_names)})"
+        )
+    for weight, weight_name, value in zip(layer.weights, weight_names, values, strict=True):
+        if tuple(weight.shape) != value.shape:
+            raise ConfigError(
+                f"{owner}: layer {name!r} in {path!r}: expected {weight_name} of shape {tuple(weight.shape)} "
+                f"(the backbone's), received shape {value.shape}"
+            )
+
+
+def _checkpoint_prefix(owner: str, path: str) -> str:
+    """Resolves a checkpoint prefix, or a directory to its latest checkpoint; raises ConfigError if none."""
+    if tf.io.gfile.isdir(path):
+        prefix = tf.train.latest_checkpoint(path)
+        if prefix is None:
+            raise ConfigError(f"{owner}: expected a directory with a checkpoint, received {path!r} without one")
+        return prefix
+    if not tf.io.gfile.exists(f"{path}.index"):
+        raise ConfigError(
+            f"{owner}: expected a checkpoint prefix (with a `.index` file) or a directory, received {path!r}"
+        )
+    return path
+
+
+def _saved_shape(prefix: str, model_variable: str) -> tuple[int, ...] | None:
+    """The shape saved for `model/<model_variable>` in the checkpoint, or None if it has none."""
+    key = f"{CHECKPOINT_MODEL_KEY}/{model_variable}/.ATTRIBUTES/VARIABLE_VALUE"
+    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    return tuple(shapes[key]) if key in shapes else None
