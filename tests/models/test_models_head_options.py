@@ -70,3 +70,48 @@ def test_deeplab_v3_has_no_decoder_and_round_trips_its_config():
     rebuilt = DeepLabV3.from_config(model.get_config())
     assert rebuilt.get_config()["aspp_rates"] == (6, 12, 18)
     assert rebuilt.num_classes == 4
+
+
+def test_frozen_batch_norm_statistics_stay_put_while_gamma_and_beta_train():
+    import gin
+    import tf_keras as keras
+
+    gin.clear_config()
+    gin.bind_parameter("batch_norm.freeze_statistics", True)
+    try:
+        model = DeepLabV3Plus(3, backbone=_tiny_backbone(), **TINY_HEAD)
+        images = tf.random.stateless_normal([2, 32, 32, 3], seed=[1, 2])
+        model(images)
+    finally:
+        gin.clear_config()
+    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer).__name__ == "FrozenStatisticsBatchNormalization" for layer in norms)
+    np.testing.assert_allclose(model(images, training=True), model(images, training=False), atol=1e-6)
+    moving_before = [layer.moving_mean.numpy().copy() for layer in norms]
+    gamma_before = [layer.gamma.numpy().copy() for layer in norms]
+    optimizer = keras.optimizers.SGD(0.1)
+    labels = tf.zeros([2, 32, 32], tf.int32)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=model(images, training=True))
+        )
+    gradients = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+    for layer, before in zip(norms, moving_before, strict=True):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), before)
+    assert any(not np.allclose(layer.gamma.numpy(), before) for layer, before in zip(norms, gamma_before, strict=True))
+
+
+@pytest.mark.parametrize("backbone_name", ["resnet", "xception65", "mobilenet_v2"])
+def test_every_backbone_gives_logits_at_513x513(backbone_name):
+    from trainer.models import MobileNetV2, Xception65
+
+    backbone = {
+        "resnet": lambda: ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
+        "xception65": lambda: Xception65(output_stride=16, width_multiplier=0.0625, middle_flow_blocks=1),
+        "mobilenet_v2": lambda: MobileNetV2(output_stride=16, width_multiplier=0.35, include_final_conv=False),
+    }[backbone_name]()
+    model = DeepLabV3Plus(21, backbone=backbone, aspp_pool_size=(33, 33), **TINY_HEAD)
+    features = backbone(tf.zeros([1, 513, 513, 3]))
+    assert features["low_level"].shape[1:3] == (129, 129) and features["high_level"].shape[1:3] == (33, 33)
+    assert model(tf.zeros([1, 513, 513, 3]), training=False).shape == (1, 513, 513, 21)

@@ -36,12 +36,34 @@ def require_positive_ints(owner: str, arg: str, values: Any) -> tuple[int, ...]:
     return tuple(values)
 
 
+@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
+class FrozenStatisticsBatchNormalization(keras.layers.BatchNormalization):
+    """Batch norm that always normalises with its moving statistics and never updates them.
+
+    For fine-tuning with small per-replica batches, where batch statistics are too noisy: gamma and beta still
+    train, the mean and variance stay as loaded (DeepLab's `fine_tune_batch_norm=False`).
+    """
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        """Normalises in inference mode whatever `training` says."""
+        del training
+        return super().call(inputs, training=False)
+
+
 @gin.configurable
 def batch_norm(
-    name: str | None = None, sync: bool = False, momentum: float = 0.99, epsilon: float = 1e-3
+    name: str | None = None,
+    sync: bool = False,
+    momentum: float = 0.99,
+    epsilon: float = 1e-3,
+    freeze_statistics: bool = False,
 ) -> keras.layers.Layer:
-    """Returns the model's one BatchNormalization, cross-replica synchronised when `sync` is set."""
+    """Returns the model's one BatchNormalization: cross-replica synchronised when `sync` is set, with frozen
+    moving statistics when `freeze_statistics` is set."""
     # Every BN in the model comes from here, so `batch_norm.sync = True` in gin switches all of them at once.
+    if freeze_statistics:
+        # Frozen statistics are never computed from the batch, so there is nothing to synchronise.
+        return FrozenStatisticsBatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
     return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, synchronized=sync, name=name)
 
 
