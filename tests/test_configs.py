@@ -42,3 +42,10 @@ def test_cityscapes_recipe_is_the_voc_architecture_with_19_classes():
     # Same network as the VOC recipe but for the classifier: 2 fewer classes of 256 weights + bias.
     assert model.count_params() == RECIPES["pascal_voc_resnet101_os16.gin"][2] - 2 * 257
     assert model.aspp.pool_size == (49, 49)
+
+
+def test_resnet50_deeplab_v3_plus_parameter_count_at_21_classes():
+    model = DeepLabV3Plus(21, backbone=ResNet(output_stride=16))
+    model(tf.zeros([1, 65, 65, 3]), training=False)
+    # 23,587,712 in the backbone (= keras.applications.ResNet50 without top) plus the ASPP, decoder, classifier.
+    assert model.count_params() == 40_436_053

@@ -213,3 +213,18 @@ def test_checkpoint_errors_are_loud(saved_21_class_model, tmp_path):
     tf.train.Checkpoint(network=_tiny_deeplab(5)).save(str(other_root / "ckpt"))
     with pytest.raises(ConfigError, match=r"did not match"):
         restore_from_checkpoint(model, str(other_root))
+
+
+def test_mobilenet_v2_h5_weights_load_through_the_same_loader(tmp_path):
+    from trainer.models import MobileNetV2
+
+    source = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35, input_shape=(64, 64, 3))
+    path = str(tmp_path / "mobilenet_v2_0.35_no_top.h5")
+    source.save_weights(path)
+    backbone = MobileNetV2(output_stride=32, width_multiplier=0.35)
+    backbone(tf.zeros([1, 64, 64, 3]))
+    report = load_keras_applications_h5(backbone, path)
+    assert not report.missing_in_file and len(report.matched) == len(backbone.keras_application_layers())
+    for name, layer in backbone.keras_application_layers().items():
+        for ours, theirs in zip(layer.get_weights(), source.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(ours, theirs)
