@@ -196,3 +196,10 @@ def test_input_pipeline_validates_and_is_gin_configurable():
         assert (pipeline.crop_size, pipeline.seed) == ((64, 48), 3)
     finally:
         gin.clear_config()
+
+
+def test_pipelines_run_without_tf_data_autotuning(tmp_path):
+    # Autotuning's model thread made destroying an iterator wait up to a minute at the end of every run.
+    info = _info(tmp_path)
+    for dataset in (InputPipeline().train_dataset(info, 2), InputPipeline().eval_dataset(info, 2)):
+        assert dataset.options().autotune.enabled is False
