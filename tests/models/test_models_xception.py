@@ -9,7 +9,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.config import ConfigError
-from trainer.models.xception import StridedSeparableConvBNReLU, Xception65, XceptionBlock
+from trainer.models.separable import SeparableConvBNReLU
+from trainer.models.xception import Xception65, XceptionBlock
 
 TINY = {"width_multiplier": 0.0625, "middle_flow_blocks": 1}
 
@@ -188,7 +189,7 @@ def test_xception_block_skips_and_low_level_tap():
     y = plain(x)
     assert y.shape == (1, 8, 8, 8) and float(tf.reduce_min(y)) >= 0.0
 
-    separable = StridedSeparableConvBNReLU(6, strides=2)
+    separable = SeparableConvBNReLU(6, strides=2)
     assert separable(tf.random.normal([1, 7, 7, 4])).shape == (1, 4, 4, 6)
     assert separable.depthwise.use_bias is False and separable.pointwise.use_bias is False
 
@@ -197,7 +198,7 @@ def test_serialization_names_do_not_collide_with_other_model_files():
     # Keras keeps one class per registered name and silently lets a later import replace an earlier one.
     import trainer.models  # noqa: F401  (registers every other model file's layers)
 
-    for cls in (StridedSeparableConvBNReLU, XceptionBlock, Xception65):
+    for cls in (SeparableConvBNReLU, XceptionBlock, Xception65):
         assert keras.saving.get_registered_object(keras.saving.get_registered_name(cls)) is cls
 
 
@@ -252,8 +253,8 @@ def test_config_round_trip_and_gin():
     # A JSON round trip turns tuples into lists; those must be accepted too.
     block_clone = XceptionBlock.from_config({**block.get_config(), "depths": [8, 12, 16]})
     assert block_clone.get_config() == block.get_config()
-    separable = StridedSeparableConvBNReLU(8, dilation_rate=4)
-    assert StridedSeparableConvBNReLU.from_config(separable.get_config()).get_config() == separable.get_config()
+    separable = SeparableConvBNReLU(8, dilation_rate=4)
+    assert SeparableConvBNReLU.from_config(separable.get_config()).get_config() == separable.get_config()
 
     gin.parse_config(
         "Xception65.output_stride = 32\nXception65.width_multiplier = 0.0625\nXception65.middle_flow_blocks = 1"

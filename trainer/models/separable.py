@@ -1,10 +1,11 @@
-"""Depthwise-separable conv-BN-ReLU, DeepLabV3+'s cheaper replacement for 3×3 convs in ASPP and decoder."""
+"""Depthwise-separable conv-BN-ReLU: DeepLabV3+'s replacement for 3×3 convs in ASPP, decoder and Xception-65."""
 
 from typing import Any
 
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.config import ConfigError
 from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int
 
 
@@ -13,15 +14,28 @@ class SeparableConvBNReLU(keras.layers.Layer):
     """Depthwise k×k (dilated) → BN → ReLU → pointwise 1×1 → BN → ReLU, as DeepLab's split separable conv."""
 
     def __init__(
-        self, filters: int, kernel_size: int = 3, dilation_rate: int = 1, name: str | None = None, **kwargs: Any
+        self,
+        filters: int,
+        kernel_size: int = 3,
+        strides: int = 1,
+        dilation_rate: int = 1,
+        name: str | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         self.filters = require_positive_int(owner, "filters", filters)
         self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
+        self.strides = require_positive_int(owner, "strides", strides)
         self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
+        if strides > 1 and dilation_rate > 1:
+            raise ConfigError(
+                f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
+                f"(DepthwiseConv2D cannot do both), received strides={strides}, dilation_rate={dilation_rate}"
+            )
         self.depthwise = keras.layers.DepthwiseConv2D(
             kernel_size,
+            strides=strides,
             dilation_rate=dilation_rate,
             padding="same",
             use_bias=False,
@@ -42,5 +56,12 @@ class SeparableConvBNReLU(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
         config = super().get_config()
-        config.update({"filters": self.filters, "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate})
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "dilation_rate": self.dilation_rate,
+            }
+        )
         return config

@@ -12,10 +12,10 @@ from trainer.config import ConfigError
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
-    batch_norm,
     require_positive_int,
     require_positive_ints,
 )
+from trainer.models.separable import SeparableConvBNReLU
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 # How an Xception block adds its input back: a strided 1×1 conv + BN, the input itself, or not at all.
@@ -34,70 +34,6 @@ _EXIT_BLOCKS = (
     ("exit_block2", (1536, 1536, 2048), "none", 1),
 )
 _STEM_STRIDE = 2
-
-
-@keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class StridedSeparableConvBNReLU(keras.layers.Layer):
-    """DepthwiseConv2D (strided or dilated) → batch_norm() → ReLU → 1×1 Conv2D → batch_norm() → ReLU.
-
-    `separable.SeparableConvBNReLU` with a stride, in the same weight layout: aligned Xception downsamples
-    inside its separable convs where the original Xception max-pools.
-    """
-
-    def __init__(
-        self,
-        filters: int,
-        kernel_size: int = 3,
-        strides: int = 1,
-        dilation_rate: int = 1,
-        name: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(name=name, **kwargs)
-        owner = type(self).__name__
-        self.filters = require_positive_int(owner, "filters", filters)
-        self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
-        self.strides = require_positive_int(owner, "strides", strides)
-        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
-        if strides > 1 and dilation_rate > 1:
-            raise ConfigError(
-                f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
-                "(DepthwiseConv2D cannot do both), "
-                f"received strides={strides}, dilation_rate={dilation_rate}"
-            )
-        self.depthwise = keras.layers.DepthwiseConv2D(
-            kernel_size,
-            strides=strides,
-            dilation_rate=dilation_rate,
-            padding="same",
-            use_bias=False,  # the following BN's beta makes a conv bias redundant
-            depthwise_initializer="he_normal",
-            name="depthwise",
-        )
-        # BN + ReLU after the depthwise conv too: the DeepLabV3+ variant (after MobileNetV1), not original Xception.
-        self.depthwise_bn = batch_norm(name="depthwise_bn")
-        self.pointwise = keras.layers.Conv2D(
-            filters, 1, use_bias=False, kernel_initializer="he_normal", name="pointwise"
-        )
-        self.pointwise_bn = batch_norm(name="pointwise_bn")
-
-    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        """Applies the depthwise and pointwise convs, each followed by BN and ReLU."""
-        x = tf.nn.relu(self.depthwise_bn(self.depthwise(inputs), training=training))
-        return tf.nn.relu(self.pointwise_bn(self.pointwise(x), training=training))
-
-    def get_config(self) -> dict[str, Any]:
-        """Returns the constructor arguments."""
-        config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "dilation_rate": self.dilation_rate,
-            }
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -135,7 +71,7 @@ class XceptionBlock(keras.layers.Layer):
                 f"received strides={strides}"
             )
         self.separable_convs = [
-            StridedSeparableConvBNReLU(
+            SeparableConvBNReLU(
                 depth,
                 strides=strides if index == 2 else 1,
                 dilation_rate=dilation_rate,
