@@ -17,7 +17,7 @@ def _random_pair(height: int = 24, width: int = 40, seed: int = 0) -> tuple[np.n
 
 def test_png_round_trip_is_exact():
     image, label = _random_pair()
-    parsed_image, parsed_label = schema.parse_example(tf.constant(schema.encode_example(image, label, "a.png")))
+    parsed_image, parsed_label, _ = schema.parse_example(tf.constant(schema.encode_example(image, label, "a.png")))
     assert parsed_image.dtype == tf.uint8 and parsed_label.dtype == tf.uint8
     np.testing.assert_array_equal(parsed_image.numpy(), image)
     np.testing.assert_array_equal(parsed_label.numpy(), label)
@@ -28,9 +28,10 @@ def test_round_trip_inside_tf_data_has_known_ranks():
     dataset = tf.data.Dataset.from_tensors(schema.encode_example(image, label, "a.png")).map(schema.parse_example)
     assert dataset.element_spec[0].shape.as_list() == [None, None, 3]
     assert dataset.element_spec[1].shape.as_list() == [None, None]
-    parsed_image, parsed_label = next(iter(dataset))
+    parsed_image, parsed_label, filename = next(iter(dataset))
     np.testing.assert_array_equal(parsed_image.numpy(), image)
     np.testing.assert_array_equal(parsed_label.numpy(), label)
+    assert filename.numpy() == b"a.png"
 
 
 def test_foreign_jpeg_record_with_only_the_encoded_keys_parses():
@@ -46,7 +47,7 @@ def test_foreign_jpeg_record_with_only_the_encoded_keys_parses():
         ),
     }
     serialized = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-    parsed_image, parsed_label = schema.parse_example(tf.constant(serialized))
+    parsed_image, parsed_label, _ = schema.parse_example(tf.constant(serialized))
     np.testing.assert_array_equal(parsed_image.numpy(), tf.io.decode_jpeg(jpeg, channels=3).numpy())
     assert np.abs(parsed_image.numpy().astype(int) - image).mean() < 3
     np.testing.assert_array_equal(parsed_label.numpy(), label)
@@ -74,3 +75,15 @@ def test_size_mismatch_names_the_record():
 def test_encode_example_rejects_bad_arrays(image, label, message):
     with pytest.raises(ValueError, match=message):
         schema.encode_example(image, label, "x.png")
+
+
+def test_parse_example_returns_the_filename_and_a_mismatch_names_it():
+    image = np.zeros([4, 6, 3], np.uint8)
+    good = schema.encode_example(image, np.zeros([4, 6], np.uint8), "good.png")
+    assert schema.parse_example(tf.constant(good))[2].numpy() == b"good.png"
+    # The error message is only built on failure (check_record), and then names the record.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Record good\.png: expected boom"):
+        tf.function(
+            lambda: schema.check_record(tf.constant(False), lambda: ["Record ", "good.png", ": expected boom"])
+        )()
+    assert bool(schema.check_record(tf.constant(True), lambda: ["never built"]))

@@ -85,7 +85,7 @@ def test_synthetic_shapes_generates_then_reuses(tmp_path):
     assert synthetic.synthetic_shapes(**kwargs, seed=3) == info
     assert {name: os.stat(directory / name).st_mtime_ns for name in os.listdir(directory)} == mtimes
 
-    image, label = schema.parse_example(next(iter(tf.data.TFRecordDataset(info.eval_files[0]))))
+    image, label, _ = schema.parse_example(next(iter(tf.data.TFRecordDataset(info.eval_files[0]))))
     assert image.shape == (32, 32, 3) and label.shape == (32, 32)
 
 

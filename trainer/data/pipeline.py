@@ -19,7 +19,6 @@ _PARALLEL_CALLS = os.cpu_count() or 1
 _PREFETCH_BATCHES = 2
 # Fixed (not AUTOTUNE) so the interleaved record order is the same on every machine.
 _INTERLEAVE_CYCLE_LENGTH = 8
-_FILENAME_SPEC = {schema.IMAGE_FILENAME: schema.FEATURE_SPEC[schema.IMAGE_FILENAME]}
 
 
 def _pipeline_placement(input_context: tf.distribute.InputContext | None) -> tuple[int, int]:
@@ -58,26 +57,21 @@ def _distribute_options() -> tf.data.Options:
 
 def _parse_and_check(serialized: tf.Tensor, info: DatasetInfo) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Parses a record into (image float32 in [-1, 1], label uint8, filename), checking the label values."""
-    image, label = schema.parse_example(serialized)
-    filename = tf.io.parse_single_example(serialized, _FILENAME_SPEC)[schema.IMAGE_FILENAME]
+    image, label, filename = schema.parse_example(serialized)
     label_ids = tf.cast(label, tf.int32)
     valid = tf.logical_or(label_ids < info.num_classes, tf.equal(label_ids, info.ignore_label))
-    found = tf.unique(tf.boolean_mask(label_ids, tf.logical_not(valid))).y
+
+    def message() -> list:
+        found = tf.unique(tf.boolean_mask(label_ids, tf.logical_not(valid))).y
+        return [
+            "Record ",
+            filename,
+            f": expected label values in [0, {info.num_classes}) or the ignore label {info.ignore_label}, received ",
+            tf.strings.reduce_join(tf.strings.as_string(found[:8]), separator=", "),
+        ]
+
     # A bad label would silently index out of range in the loss (NaN on GPU), so fail here, loudly.
-    check = tf.debugging.Assert(
-        tf.reduce_all(valid),
-        [
-            tf.strings.join(
-                [
-                    "Record ",
-                    filename,
-                    f": expected label values in [0, {info.num_classes}) or the ignore label "
-                    f"{info.ignore_label}, received ",
-                    tf.strings.reduce_join(tf.strings.as_string(found[:8]), separator=", "),
-                ]
-            )
-        ],
-    )
+    check = schema.check_record(tf.reduce_all(valid), message)
     with tf.control_dependencies([check]):
         image = tf.cast(image, tf.float32) / 127.5 - 1.0
     return image, label, filename
@@ -237,18 +231,13 @@ class InputPipeline:
         def preprocess(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             image, label, filename = _parse_and_check(serialized, info)
             size = tf.shape(image)[:2]
-            check = tf.debugging.Assert(
+            check = schema.check_record(
                 tf.logical_and(size[0] <= height, size[1] <= width),
-                [
-                    tf.strings.join(
-                        [
-                            "Record ",
-                            filename,
-                            f": expected an eval image of at most {height}x{width} "
-                            "(input_pipeline.eval_size), received ",
-                            schema.format_size(size),
-                        ]
-                    )
+                lambda: [
+                    "Record ",
+                    filename,
+                    f": expected an eval image of at most {height}x{width} (input_pipeline.eval_size), received ",
+                    schema.format_size(size),
                 ],
             )
             with tf.control_dependencies([check]):

@@ -1,5 +1,7 @@
 """The TFRecord schema for segmentation examples (the one deeplab and the TF Model Garden write)."""
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -82,33 +84,43 @@ def format_size(size: tf.Tensor) -> tf.Tensor:
     return tf.strings.reduce_join(tf.strings.as_string(size), separator="x")
 
 
-def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Parses one serialized example into `(image uint8 [H, W, 3], label uint8 [H, W])`; graph-safe.
+def check_record(condition: tf.Tensor, message_fn: Callable[[], list[tf.Tensor | str]]) -> tf.Tensor:
+    """Returns a tensor that fails with the joined `message_fn()` when `condition` is False; graph-safe.
 
-    The image may be JPEG or PNG (the format is sniffed from the bytes, not from `image/format`).
+    The message (string formatting, masks) is only built on failure: `tf.debugging.Assert` with string data
+    evaluates its message for every record, which is wasted work per element in tf.data.
+    """
+
+    def fail() -> tf.Tensor:
+        with tf.control_dependencies([tf.debugging.Assert(False, [tf.strings.join(message_fn())])]):
+            return tf.constant(False)
+
+    return tf.cond(condition, lambda: tf.constant(True), fail)
+
+
+def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Parses one serialized example into `(image uint8 [H, W, 3], label uint8 [H, W], filename string)`.
+
+    Graph-safe. The image may be JPEG or PNG (the format is sniffed from the bytes, not from `image/format`).
 
     Raises:
       tf.errors.InvalidArgumentError: when the image and label sizes differ (names `image/filename`).
     """
     features = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+    filename = features[IMAGE_FILENAME]
     image = tf.io.decode_image(features[IMAGE_ENCODED], channels=3, expand_animations=False)
     label = tf.io.decode_png(features[LABEL_ENCODED], channels=1)
     image_size = tf.shape(image)[:2]
     label_size = tf.shape(label)[:2]
-    # tf.debugging.Assert (not assert_equal) because the message must carry the record's filename tensor.
-    check = tf.debugging.Assert(
+    check = check_record(
         tf.reduce_all(tf.equal(image_size, label_size)),
-        [
-            tf.strings.join(
-                [
-                    "Record ",
-                    features[IMAGE_FILENAME],
-                    ": expected the label map to have the image's height and width, received image ",
-                    format_size(image_size),
-                    " and label ",
-                    format_size(label_size),
-                ]
-            )
+        lambda: [
+            "Record ",
+            filename,
+            ": expected the label map to have the image's height and width, received image ",
+            format_size(image_size),
+            " and label ",
+            format_size(label_size),
         ],
     )
     with tf.control_dependencies([check]):
@@ -116,4 +128,4 @@ def parse_example(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         image = tf.identity(image)
     image.set_shape([None, None, 3])
     label.set_shape([None, None])
-    return image, label
+    return image, label, filename
