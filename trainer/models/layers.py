@@ -23,6 +23,22 @@ def require_positive_int(owner: str, arg: str, value: Any) -> int:
     return value
 
 
+def require_stride_or_dilation(owner: str, strides: Any, dilation_rate: Any) -> tuple[int, int]:
+    """Returns (strides, dilation_rate) as positive ints, at most one of them above 1.
+
+    Keras convolutions reject a stride and a dilation together, but only at build time and without saying which
+    layer; checking here names it.
+    """
+    strides = require_positive_int(owner, "strides", strides)
+    dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
+    if strides > 1 and dilation_rate > 1:
+        raise ConfigError(
+            f"{owner}: expected strides == 1 or dilation_rate == 1 (a convolution cannot do both), "
+            f"received strides={strides}, dilation_rate={dilation_rate}"
+        )
+    return strides, dilation_rate
+
+
 def require_positive_ints(owner: str, arg: str, values: Any) -> tuple[int, ...]:
     """Returns `values` as a tuple if it is a non-empty sequence of positive ints, else raises ValueError."""
     # Lists are accepted because a JSON round trip of `get_config` turns tuples into lists.
@@ -108,15 +124,7 @@ class ConvBNReLU(keras.layers.Layer):
         owner = type(self).__name__
         self.filters = require_positive_int(owner, "filters", filters)
         self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
-        self.strides = require_positive_int(owner, "strides", strides)
-        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
-        if strides > 1 and dilation_rate > 1:
-            # Keras Conv2D rejects this pair too, but only at build time and without saying which layer.
-            raise ConfigError(
-                f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
-                "(Conv2D cannot do both), "
-                f"received strides={strides}, dilation_rate={dilation_rate}"
-            )
+        self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
         if padding not in VALID_PADDINGS:
             raise ConfigError(f"{owner} {self.name!r}: expected `padding` in {VALID_PADDINGS}, received {padding!r}")
         if bn_epsilon is not None and (

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.config import ConfigError
-from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int
+from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int, require_stride_or_dilation
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 # Keras Applications' MobileNetV2 BN settings; the ImageNet checkpoints were trained with them.
@@ -62,13 +62,7 @@ class InvertedResidualBlock(keras.layers.Layer):
         self.input_filters = require_positive_int(owner, "input_filters", input_filters)
         self.output_filters = require_positive_int(owner, "output_filters", output_filters)
         self.expansion = require_positive_int(owner, "expansion", expansion)
-        self.strides = require_positive_int(owner, "strides", strides)
-        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
-        if strides > 1 and dilation_rate > 1:
-            raise ConfigError(
-                f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
-                f"(a depthwise conv cannot do both), received strides={strides}, dilation_rate={dilation_rate}"
-            )
+        self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
         self.residual = bool(residual)
         if self.residual and (strides != 1 or input_filters != output_filters):
             raise ConfigError(

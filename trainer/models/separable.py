@@ -5,8 +5,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
-from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int
+from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int, require_stride_or_dilation
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
@@ -26,13 +25,7 @@ class SeparableConvBNReLU(keras.layers.Layer):
         owner = type(self).__name__
         self.filters = require_positive_int(owner, "filters", filters)
         self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
-        self.strides = require_positive_int(owner, "strides", strides)
-        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
-        if strides > 1 and dilation_rate > 1:
-            raise ConfigError(
-                f"{owner} {self.name!r}: expected strides == 1 or dilation_rate == 1 "
-                f"(DepthwiseConv2D cannot do both), received strides={strides}, dilation_rate={dilation_rate}"
-            )
+        self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
         self.depthwise = keras.layers.DepthwiseConv2D(
             kernel_size,
             strides=strides,
