@@ -22,6 +22,7 @@ from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
 from trainer.initialization import initialize_model
+from trainer.preemption import PreemptionWatcher
 from trainer.models import DeepLabV3Plus
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -98,6 +99,7 @@ class _Run:
         self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
         self._train_iterator = None
         self._wrote_operative_config = False
+        self.preemption: PreemptionWatcher | None = None
 
     @property
     def step(self) -> int:
@@ -114,6 +116,8 @@ class _Run:
         if self._train_iterator is None:
             dataset = self.strategy.distribute_datasets_from_function(self._train_dataset)
             self._train_iterator = iter(dataset)
+        if self.preemption is None:
+            self.preemption = PreemptionWatcher(self.strategy, self._save_for_preemption, lambda: self.step)
         total_steps = self.train_config.steps
         while self.step < target_step:
             start_step = self.step
@@ -150,6 +154,10 @@ class _Run:
             if not self._wrote_operative_config:
                 self._write_operative_config(end_step)
             self.checkpointer.save(force=end_step >= target_step)
+            self.preemption.check()
+
+    def _save_for_preemption(self) -> str | None:
+        return self.checkpointer.save(force=True) or self.checkpointer.latest_checkpoint
 
     def _write_operative_config(self, step: int) -> None:
         """Writes the config gin actually used (known only after the first loop built everything)."""
@@ -231,6 +239,8 @@ def run(
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
     keras.utils.set_random_seed(train_config.seed)
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
     state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline)
     try:
@@ -253,4 +263,6 @@ def run(
             report = state.evaluate()
         return report or state.evaluate()
     finally:
+        if state.preemption is not None:
+            state.preemption.close()
         state.writers.close()
