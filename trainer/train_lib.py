@@ -22,8 +22,8 @@ from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
 from trainer.initialization import initialize_model
-from trainer.preemption import PreemptionWatcher
 from trainer.models import DeepLabV3Plus
+from trainer.preemption import PreemptionWatcher
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 
