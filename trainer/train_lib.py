@@ -17,6 +17,7 @@ from absl import logging
 from trainer import distribute, loop, metrics, optim, summaries
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
+from trainer.data import integrity
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
@@ -123,7 +124,13 @@ class _Run:
             start_step = self.step
             num_steps = min(self.train_config.steps_per_loop, target_step - start_step)
             started = time.perf_counter()
-            outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+            try:
+                outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+            except tf.errors.OpError as error:
+                explanation = integrity.explain_input_error(error, self.info.train_files, "train")
+                if explanation is None:
+                    raise
+                raise explanation from error
             outputs = {name: value.numpy() for name, value in outputs.items()}
             elapsed = time.perf_counter() - started
             end_step = self.step
