@@ -1,7 +1,9 @@
 """Nothing lost: SIGTERM checkpoints and exits with the documented code; SIGKILL + resume is bitwise exact."""
 
+import json
 import os
 import signal
+import socket
 
 import pytest
 
@@ -71,3 +73,43 @@ def test_sigkill_then_resume_ends_bitwise_equal_to_an_uninterrupted_run(referenc
     assert step == _STEPS
     assert chaos.mismatched_keys(expected, values) == []
     assert os.path.exists(os.path.join(model_dir, "checkpoints", f"ckpt-{_STEPS}.index"))
+
+
+def test_sigterm_to_one_worker_makes_all_workers_save_the_same_step(reference, tmp_path):
+    """Under MultiWorkerMirrored, TensorFlow's PreemptionCheckpointHandler aligns the workers on one step."""
+    data_dir, _ = reference
+    model_dir = str(tmp_path / "run")
+    sockets = [socket.socket() for _ in range(2)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    workers = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    flags = [
+        *_flags(data_dir, model_dir)[:-1],
+        "--gin_bindings=train.steps=60",
+        "--gin_bindings=train.checkpoint_every_steps=100",
+        "--strategy=multi_worker_mirrored",
+    ]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            chaos.TrainerProcess(
+                flags, str(tmp_path / f"log{index}"), REPO_ROOT, env={"TF_CONFIG": json.dumps(tf_config)}
+            )
+        )
+    try:
+        assert processes[0].wait_for_step(3, _TIMEOUT)
+        processes[1].send(signal.SIGTERM)
+        codes = [process.wait(_TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            process.kill_if_running()
+    logs = [open(tmp_path / f"log{index}").read() for index in range(2)]
+    assert codes == [EXIT_CODE_PREEMPTED, EXIT_CODE_PREEMPTED], [log[-2000:] for log in logs]
+    saved_step, _ = chaos.checkpoint_values(model_dir)
+    assert 3 <= saved_step < 60
+    for log in logs:
+        assert f"Preempted (SIGTERM): saved the checkpoint of step {saved_step}" in log
+    assert not [name for name in os.listdir(model_dir) if name.startswith(".tmp_worker")]

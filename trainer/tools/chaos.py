@@ -30,8 +30,8 @@ _BOOKKEEPING_KEYS = ("save_counter/",)
 class TrainerProcess:
     """`python -m trainer <flags>` in a child process, with its logged steps and saves followed live."""
 
-    def __init__(self, flags: Sequence[str], log_path: str, cwd: str | None = None):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    def __init__(self, flags: Sequence[str], log_path: str, cwd: str | None = None, env: dict[str, str] | None = None):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
         self._log = open(log_path, "a")  # noqa: SIM115  (closed in wait())
         self._process = subprocess.Popen(
             [sys.executable, "-m", "trainer", *flags],
@@ -73,6 +73,11 @@ class TrainerProcess:
     def send(self, signum: int) -> None:
         """Sends `signum` to the child."""
         self._process.send_signal(signum)
+
+    def kill_if_running(self) -> None:
+        """SIGKILLs the child unless it already exited (cleanup after a failed check)."""
+        if self._process.poll() is None:
+            self._process.kill()
 
     def wait(self, timeout: float) -> int:
         """Waits for the child to exit and returns its exit code (negative: killed by that signal)."""
