@@ -1,10 +1,15 @@
 """When checkpoints are written, where non-chief copies go, and what a restore brings back."""
 
 import os
+import subprocess
+import sys
 
+import pytest
 import tensorflow as tf
 
+from tests.helpers import REPO_ROOT
 from trainer.checkpoints import Checkpointer
+from trainer.config import ConfigError
 from trainer.distribute import TaskInfo
 
 CHIEF = TaskInfo(task_type=None, task_id=0, is_chief=True)
@@ -12,7 +17,7 @@ CHIEF = TaskInfo(task_type=None, task_id=0, is_chief=True)
 
 def _checkpointer(model_dir, task=CHIEF, every_steps=5):
     step = tf.Variable(0, dtype=tf.int64)
-    weight = tf.Variable(1.0)
+    weight = tf.Variable(tf.fill([256], 1.0))
     checkpoint = tf.train.Checkpoint(global_step=step, weight=weight)
     return Checkpointer(checkpoint, str(model_dir), task, step, max_to_keep=10, every_steps=every_steps), step, weight
 
@@ -31,11 +36,11 @@ def test_saves_when_a_multiple_of_every_steps_is_crossed_or_when_forced(tmp_path
 def test_restore_brings_back_values_and_step(tmp_path):
     checkpointer, step, weight = _checkpointer(tmp_path)
     step.assign(7)
-    weight.assign(42.0)
+    weight.assign(tf.fill([256], 42.0))
     checkpointer.save(force=True)
     restored, restored_step, restored_weight = _checkpointer(tmp_path)
     assert restored.restore_latest() == 7
-    assert int(restored_step.numpy()) == 7 and float(restored_weight.numpy()) == 42.0
+    assert int(restored_step.numpy()) == 7 and float(restored_weight.numpy()[0]) == 42.0
     # A restored run does not save the same step again.
     assert restored.save(force=True) is None
 
@@ -48,3 +53,94 @@ def test_non_chief_writes_to_a_temporary_directory_and_removes_it(tmp_path):
         assert checkpointer.save() is None
     assert os.listdir(tmp_path) == []
     assert checkpointer.latest_checkpoint is None
+
+
+def _corrupt(path_prefix: str) -> None:
+    """Overwrites the middle of a checkpoint's data file, as a bad disk sector or a torn copy would."""
+    (data_file,) = tf.io.gfile.glob(path_prefix + ".data-*")
+    with open(data_file, "r+b") as f:
+        size = os.path.getsize(data_file)
+        f.seek(size // 2)
+        f.write(b"\xff" * max(1, size // 4))
+
+
+def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    checkpointer, step, weight = _checkpointer(tmp_path)
+    for new_step, value in ((5, 5.0), (10, 10.0)):
+        step.assign(new_step)
+        weight.assign(tf.fill([256], value))
+        checkpointer.save()
+    _corrupt(checkpointer.latest_checkpoint)
+    restored, restored_step, restored_weight = _checkpointer(tmp_path)
+    assert restored.restore_latest() == 5
+    assert float(restored_weight.numpy()[0]) == 5.0
+    assert any("ckpt-10 is unreadable" in record.getMessage() for record in caplog.records)
+
+
+def test_every_checkpoint_unreadable_is_a_clear_error(tmp_path):
+    checkpointer, step, _ = _checkpointer(tmp_path)
+    step.assign(5)
+    checkpointer.save()
+    _corrupt(checkpointer.latest_checkpoint)
+    restored, _, _ = _checkpointer(tmp_path)
+    with pytest.raises(ConfigError, match="Every checkpoint in .* is unreadable"):
+        restored.restore_latest()
+
+
+def test_a_checkpoint_of_another_model_lists_the_mismatched_variables(tmp_path):
+    checkpointer, step, _ = _checkpointer(tmp_path)
+    step.assign(5)
+    checkpointer.save()
+    other_step = tf.Variable(0, dtype=tf.int64)
+    other = tf.train.Checkpoint(global_step=other_step, weight=tf.Variable([1.0, 2.0]), bias=tf.Variable(0.0))
+    restorer = Checkpointer(other, str(tmp_path), CHIEF, other_step, max_to_keep=10, every_steps=5)
+    with pytest.raises(ConfigError) as error:
+        restorer.restore_latest()
+    message = str(error.value)
+    assert "does not match the model" in message
+    assert "shape differs: weight/.ATTRIBUTES/VARIABLE_VALUE model [2], checkpoint [256]" in message
+    assert "missing from the checkpoint: bias/.ATTRIBUTES/VARIABLE_VALUE" in message
+
+
+_DISK_FULL_SCRIPT = """
+import resource, signal, sys
+import tensorflow as tf
+from trainer.checkpoints import Checkpointer, CheckpointWriteError
+from trainer.distribute import TaskInfo
+
+step = tf.Variable(0, dtype=tf.int64)
+weights = tf.Variable(tf.ones([64, 64]))
+checkpointer = Checkpointer(tf.train.Checkpoint(global_step=step, weights=weights), sys.argv[1],
+                            TaskInfo(None, 0, True), step, max_to_keep=1, every_steps=1)
+step.assign(1)
+checkpointer.save()
+# From here on no file may grow past 1 KB, as on a full disk (writes fail with EFBIG instead of ENOSPC).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+step.assign(2)
+weights.assign(tf.zeros([64, 64]))
+try:
+    checkpointer.save()
+except CheckpointWriteError as error:
+    print("WRITE ERROR:", error)
+    sys.exit(3)
+"""
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "Could not write the checkpoint of step 2" in result.stdout
+    assert "ckpt-1 is intact" in result.stdout
+    latest = tf.train.latest_checkpoint(os.path.join(str(tmp_path), "checkpoints"))
+    assert latest.endswith("ckpt-1")
+    reader = tf.train.load_checkpoint(latest)
+    assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    assert (reader.get_tensor("weights/.ATTRIBUTES/VARIABLE_VALUE") == 1.0).all()
+    assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "checkpoints", "ckpt-2*"))

@@ -5,7 +5,9 @@ import sys
 from absl import app, flags, logging
 
 from trainer import distribute, train_lib
+from trainer.checkpoints import CheckpointWriteError
 from trainer.config import ConfigError, Mode, parse_gin
+from trainer.preemption import EXIT_CODE_PREEMPTED, Preempted
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string(
@@ -35,9 +37,13 @@ def _main(argv: list[str]) -> None:
         distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
         report = train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
-    except ConfigError as error:
+    except (ConfigError, CheckpointWriteError, FloatingPointError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
+    except Preempted as preempted:
+        logging.warning("%s", preempted)
+        print(preempted, flush=True)
+        sys.exit(EXIT_CODE_PREEMPTED)
     if report is not None:
         print(
             f"Validation mIoU {report['miou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} at step "

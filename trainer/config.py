@@ -59,7 +59,8 @@ class TrainConfig:
     """How long and how to train; bound in gin as `train.<field>`.
 
     `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss; `jit_compile`
-    compiles each replica's forward and backward pass with XLA.
+    compiles each replica's forward and backward pass with XLA; `deterministic` enables TensorFlow's op
+    determinism, so that a run killed at any step and resumed ends with the weights of an uninterrupted one.
     """
 
     steps: int = 1000
@@ -70,6 +71,7 @@ class TrainConfig:
     l2_weight_decay: float = 1e-4
     seed: int = 0
     jit_compile: bool = False
+    deterministic: bool = False
 
     def __post_init__(self):
         for name in ("steps", "global_batch_size", "steps_per_loop", "checkpoint_every_steps"):

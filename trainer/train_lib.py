@@ -17,12 +17,14 @@ from absl import logging
 from trainer import distribute, loop, metrics, optim, summaries
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
+from trainer.data import integrity
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
 from trainer.initialization import initialize_model
 from trainer.models import DeepLabV3Plus
+from trainer.preemption import PreemptionWatcher
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 
@@ -98,6 +100,7 @@ class _Run:
         self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
         self._train_iterator = None
         self._wrote_operative_config = False
+        self.preemption: PreemptionWatcher | None = None
 
     @property
     def step(self) -> int:
@@ -114,12 +117,20 @@ class _Run:
         if self._train_iterator is None:
             dataset = self.strategy.distribute_datasets_from_function(self._train_dataset)
             self._train_iterator = iter(dataset)
+        if self.preemption is None:
+            self.preemption = PreemptionWatcher(self.strategy, self._save_for_preemption, lambda: self.step)
         total_steps = self.train_config.steps
         while self.step < target_step:
             start_step = self.step
             num_steps = min(self.train_config.steps_per_loop, target_step - start_step)
             started = time.perf_counter()
-            outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+            try:
+                outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+            except tf.errors.OpError as error:
+                explanation = integrity.explain_input_error(error, self.info.train_files, "train")
+                if explanation is None:
+                    raise
+                raise explanation from error
             outputs = {name: value.numpy() for name, value in outputs.items()}
             elapsed = time.perf_counter() - started
             end_step = self.step
@@ -150,6 +161,10 @@ class _Run:
             if not self._wrote_operative_config:
                 self._write_operative_config(end_step)
             self.checkpointer.save(force=end_step >= target_step)
+            self.preemption.check()
+
+    def _save_for_preemption(self) -> str | None:
+        return self.checkpointer.save(force=True) or self.checkpointer.latest_checkpoint
 
     def _write_operative_config(self, step: int) -> None:
         """Writes the config gin actually used (known only after the first loop built everything)."""
@@ -231,6 +246,8 @@ def run(
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
     keras.utils.set_random_seed(train_config.seed)
+    if train_config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
     state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline)
     try:
@@ -253,4 +270,6 @@ def run(
             report = state.evaluate()
         return report or state.evaluate()
     finally:
+        if state.preemption is not None:
+            state.preemption.close()
         state.writers.close()

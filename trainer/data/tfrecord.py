@@ -6,6 +6,7 @@ from absl import logging
 
 from trainer.config import ConfigError
 from trainer.data import info as info_lib
+from trainer.data import integrity
 
 
 def _glob(patterns: str, binding: str) -> tuple[str, ...]:
@@ -22,7 +23,10 @@ def _glob(patterns: str, binding: str) -> tuple[str, ...]:
 def count_examples(files: tuple[str, ...]) -> int:
     """Returns the number of records in `files` (reads them once, without parsing)."""
     dataset = tf.data.TFRecordDataset(list(files), num_parallel_reads=tf.data.AUTOTUNE)
-    return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
+    try:
+        return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
+    except tf.errors.DataLossError as error:
+        raise integrity.explain_input_error(error, files, "dataset") from error
 
 
 @gin.configurable

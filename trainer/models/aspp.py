@@ -7,6 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.config import ConfigError
+from trainer.models.dropout import ResumableDropout
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
@@ -60,7 +61,7 @@ class ASPP(keras.layers.Layer):
         # BN over a 1×1 pooled map has a degenerate batch at batch size 1; DeepLab keeps it and so do we.
         self.pool_conv = ConvBNReLU(filters, 1, name="image_pooling_conv")
         self.projection = ConvBNReLU(filters, 1, name="projection")
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="dropout")
+        self.dropout = ResumableDropout(self.dropout_rate, name="dropout")
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """Returns the projected multi-scale context for an NHWC feature map, same spatial size."""
