@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
+from absl import flags, logging
 
 from tests.helpers import REPO_ROOT
 from trainer.config import ConfigError
@@ -110,6 +110,8 @@ def test_more_shards_than_examples_leaves_no_empty_shard(fake_voc, tmp_path):
 @pytest.fixture
 def parsed_flags():
     """Parses command-line flags for `cli.convert`, and restores the defaults afterwards."""
+    # Unparsing resets absl's logger to WARNING, which would hide INFO logs from later tests' caplog.
+    level = logging.get_absl_logger().level
 
     def parse(*args: str) -> None:
         flags.FLAGS.unparse_flags()
@@ -117,6 +119,7 @@ def parsed_flags():
 
     yield parse
     flags.FLAGS.unparse_flags()
+    logging.get_absl_logger().setLevel(level)
 
 
 def test_cli_converts_and_rejects_other_formats_flags(fake_voc, tmp_path, parsed_flags):
