@@ -5,6 +5,7 @@ once complete, so a crash never leaves half a dataset where the trainer would re
 """
 
 import collections
+import collections.abc
 import concurrent.futures
 import dataclasses
 import math
@@ -30,6 +31,7 @@ _SHARDS_WHEN_COUNT_UNKNOWN = 8
 # How many of the most common image sizes the dataset JSON lists per split.
 _IMAGE_SIZES_LISTED = 32
 _LOG_EVERY_EXAMPLES = 500
+_WRITE_ORDER_SEED = 0
 
 
 class BadExample(Exception):
@@ -59,7 +61,8 @@ class SplitSource:
 
     Attributes:
       name: the split's name in the output (`train`, `val`, ...).
-      examples: its examples, in the order they are written.
+      examples: its examples; a sequence is written in a seeded random order, an iterable (tfds, already
+        shuffled when prepared) in its own.
       num_examples: their number when known before reading them (it picks the number of shards), else None.
     """
 
@@ -206,9 +209,15 @@ def _write_split(
     shard_counts = [0] * num_shards
     sizes: collections.Counter = collections.Counter()
     started = time.perf_counter()
+    source_examples = split.examples
+    if isinstance(source_examples, collections.abc.Sequence):
+        # Sources list examples grouped (Cityscapes by city, VOC by year) and the trainer shuffles records
+        # within windows, so the files hold them in a seeded random order instead.
+        order = np.random.default_rng(_WRITE_ORDER_SEED).permutation(len(source_examples))
+        source_examples = [source_examples[i] for i in order]
     writers = [tf.io.TFRecordWriter(path) for path in temporary]
     try:
-        examples = _ordered_map(lambda e: _validated(e, num_classes, ignore_label), split.examples, num_workers)
+        examples = _ordered_map(lambda e: _validated(e, num_classes, ignore_label), source_examples, num_workers)
         for example, result in examples:
             if isinstance(result, BadExample):
                 if not skip_bad_examples:
