@@ -17,6 +17,7 @@ setup(
         "tensorboard",
         "cloud-tpu-client",
         "numpy",
+        "pillow",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],

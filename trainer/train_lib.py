@@ -107,7 +107,10 @@ class _Run:
         return int(self.global_step.numpy())
 
     def _train_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return self.input_pipeline.train_dataset(self.info, self.train_config.global_batch_size, input_context)
+        # Starting at the restored step, a resumed run sees the batches an uninterrupted run would have seen.
+        return self.input_pipeline.train_dataset(
+            self.info, self.train_config.global_batch_size, input_context, start_step=self.step
+        )
 
     def _eval_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         return self.input_pipeline.eval_dataset(self.info, self.eval_config.global_batch_size, input_context)

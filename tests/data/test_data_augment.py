@@ -23,6 +23,12 @@ OPS = {
     "pad": lambda image, label, seed: augment.pad_to_size(image, label, 56, 50, IGNORE),
     "crop": lambda image, label, seed: augment.random_crop(image, label, seed, 24, 32),
     "flip": lambda image, label, seed: augment.random_horizontal_flip(image, label, seed),
+    "scale_step": lambda image, label, seed: augment.random_scale(image, label, seed, 0.5, 2.0, scale_step=0.25),
+    "pad_per_channel": lambda image, label, seed: augment.pad_to_size(image, label, 56, 50, IGNORE, (0.1, -0.2, 0.3)),
+    "jitter": lambda image, label, seed: (
+        augment.photometric_jitter(image, seed, 32 / 255, (0.5, 1.5), (0.5, 1.5), 0.05),
+        label,
+    ),
 }
 
 
@@ -40,7 +46,7 @@ def test_op_is_identical_eagerly_and_in_tf_data(name):
         assert eager[1].dtype == tf.uint8 and eager[0].dtype == tf.float32
 
 
-@pytest.mark.parametrize("name", ["scale", "crop", "flip"])
+@pytest.mark.parametrize("name", ["scale", "crop", "flip", "scale_step", "jitter"])
 def test_op_depends_on_the_seed(name):
     image, label = _pair()
     results = {OPS[name](image, label, tf.constant([s, 0], tf.int64))[0].numpy().tobytes() for s in range(8)}
@@ -111,3 +117,25 @@ def test_random_crop_has_static_shape_in_graph_and_rejects_small_images():
     assert dataset.element_spec[1].shape.as_list() == [24, 32]
     with pytest.raises(tf.errors.InvalidArgumentError, match="expected an image of at least 48x48"):
         augment.random_crop(image, label, tf.constant([0, 0]), 48, 48)
+
+
+def test_scale_step_draws_only_the_steps():
+    image, label = _pair(40, 48)
+    heights = {
+        augment.random_scale(image, label, tf.constant([s, 2]), 0.5, 2.0, scale_step=0.25)[1].shape[0]
+        for s in range(40)
+    }
+    # 40 * {0.5, 0.75, ..., 2.0}: every step is drawn, nothing in between.
+    assert heights == {20, 30, 40, 50, 60, 70, 80}
+
+
+def test_photometric_jitter_stays_in_range_and_changes_colours_globally():
+    image, _ = _pair()
+    image = tf.clip_by_value(image, -1.0, 1.0)
+    for s in range(4):
+        out = augment.photometric_jitter(image, tf.constant([s, 7]), 32 / 255, (0.5, 1.5), (0.5, 1.5), 0.05).numpy()
+        assert out.shape == image.shape and -1.0 <= out.min() and out.max() <= 1.0
+        assert not np.allclose(out, image.numpy())
+    # Everything off: the image comes back as it was (up to float rounding of the [0, 1] round trip).
+    same = augment.photometric_jitter(image, tf.constant([0, 0]), 0.0, (1.0, 1.0), (1.0, 1.0), 0.0)
+    np.testing.assert_allclose(same.numpy(), image.numpy(), atol=1e-6)

@@ -94,3 +94,41 @@ def test_tfrecord_dataset_empty_pattern_names_the_binding(tmp_path):
     _write_records(str(tmp_path / "eval-0.tfrecord"), 1)
     with pytest.raises(ValueError, match=r"tfrecord_dataset\.train_pattern.*nothing-\*"):
         tfrecord_dataset(train_pattern=f"{tmp_path}/nothing-*", eval_pattern=f"{tmp_path}/eval-*", num_classes=2)
+
+
+def test_palette_and_splits_round_trip_and_old_json_still_loads(tmp_path):
+    split = info_lib.SplitInfo(
+        name="val",
+        files=(str(tmp_path / "val-0.tfrecord"),),
+        num_examples=4,
+        num_skipped=1,
+        min_image_size=(16, 20),
+        max_image_size=(32, 48),
+        image_sizes=((32, 48, 3), (16, 20, 1)),
+    )
+    info = _info(palette=((0, 0, 0), (128, 0, 0), (0, 128, 0)), splits=(split,))
+    path = str(tmp_path / info_lib.INFO_FILENAME)
+    info_lib.save(info, path)
+    stored = json.loads((tmp_path / info_lib.INFO_FILENAME).read_text())
+    assert stored["palette"] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+    assert stored["splits"][0]["files"] == ["val-0.tfrecord"]
+    assert "[128, 0, 0]" in (tmp_path / info_lib.INFO_FILENAME).read_text()  # one line per colour
+    loaded = info_lib.load(path)
+    assert loaded == info and loaded.split("val") == split
+    # A JSON written before palette and splits existed.
+    del stored["palette"], stored["splits"]
+    (tmp_path / info_lib.INFO_FILENAME).write_text(json.dumps(stored))
+    assert info_lib.load(path) == _info()
+
+
+@pytest.mark.parametrize(
+    "palette, message",
+    [
+        (((0, 0, 0), (1, 1, 1)), "expected a palette of 3 colours"),
+        (((0, 0, 0), (1, 1, 1), (256, 0, 0)), r"expected palette colours \(r, g, b\) of ints in \[0, 255\]"),
+    ],
+)
+def test_palette_is_validated(palette, message):
+    with pytest.raises(ValueError, match=message):
+        _info(palette=palette)
+    assert _info(palette=np.zeros((3, 3), np.int64)).palette == ((0, 0, 0),) * 3

@@ -1,6 +1,7 @@
 """Tests for trainer.data.pipeline: shapes, sharding, exact eval over input pipelines, label checks."""
 
 import logging
+import os
 
 import gin
 import numpy as np
@@ -9,7 +10,7 @@ import tensorflow as tf
 
 from trainer.data import schema
 from trainer.data.info import DatasetInfo
-from trainer.data.pipeline import InputPipeline
+from trainer.data.pipeline import InputPipeline, PhotometricJitter
 
 IGNORE = 255
 NUM_CLASSES = 5
@@ -203,3 +204,173 @@ def test_pipelines_run_without_tf_data_autotuning(tmp_path):
     info = _info(tmp_path)
     for dataset in (InputPipeline().train_dataset(info, 2), InputPipeline().eval_dataset(info, 2)):
         assert dataset.options().autotune.enabled is False
+
+
+def _batches(dataset, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset.take(count)]
+
+
+@pytest.mark.parametrize(
+    "num_train_files, pipeline_id, num_pipelines",
+    [(4, 0, 1), (1, 1, 2), (4, 1, 2)],  # one pipeline; element sharding; file sharding
+)
+def test_resumed_stream_equals_the_uninterrupted_one(tmp_path, num_train_files, pipeline_id, num_pipelines):
+    # 8 examples, per-replica batch 2 => 4 steps per epoch with one pipeline, 2 with two.
+    info = _info(tmp_path, num_train=8, num_train_files=num_train_files)
+    pipeline = InputPipeline(crop_size=(24, 24), shuffle_buffer=3, seed=7)
+    context = _context(pipeline_id, num_pipelines) if num_pipelines > 1 else None
+    global_batch = 2 * num_pipelines
+    reference = _batches(pipeline.train_dataset(info, global_batch, context), 24)
+    for start_step in (1, 4, 5, 17):  # within the first epoch, at an epoch boundary, several epochs on
+        resumed = _batches(pipeline.train_dataset(info, global_batch, context, start_step=start_step), 3)
+        for (images, labels), (expected_images, expected_labels) in zip(resumed, reference[start_step:], strict=False):
+            np.testing.assert_array_equal(images, expected_images)
+            np.testing.assert_array_equal(labels, expected_labels)
+
+
+def test_every_epoch_is_a_new_permutation_of_all_examples(tmp_path):
+    info = _info(tmp_path, num_train=8, num_train_files=3)
+    epochs = []
+    for shuffle_buffer in (8, 3):  # a full reshuffle, then windows of 3
+        pipeline = InputPipeline(**IDENTITY_AUGMENTATION, shuffle_buffer=shuffle_buffer, flip=False)
+        order = [i for images, _ in pipeline.train_dataset(info, 2).take(16) for i in _indices(images.numpy())]
+        epochs = [order[k : k + 8] for k in range(0, 32, 8)]
+        assert all(sorted(epoch) == list(range(8)) for epoch in epochs), epochs
+        assert len({tuple(epoch) for epoch in epochs}) == 4, epochs
+
+
+def test_cache_reads_the_files_once(tmp_path):
+    info = _info(tmp_path, num_train=8, num_train_files=2)
+    pipeline = InputPipeline(**IDENTITY_AUGMENTATION, shuffle_buffer=8, cache=True, flip=False)
+    iterator = iter(pipeline.train_dataset(info, 2))
+    first_epoch = [i for _ in range(4) for i in _indices(next(iterator)[0].numpy())]
+    for path in info.train_files:
+        os.remove(path)
+    later = [i for _ in range(8) for i in _indices(next(iterator)[0].numpy())]
+    assert sorted(first_epoch) == sorted(later[:8]) == sorted(later[8:]) == list(range(8))
+    assert later[:8] != later[8:]
+
+
+def test_tf_data_options_are_configurable(tmp_path):
+    info = _info(tmp_path)
+    pipeline = InputPipeline(
+        private_threadpool_size=2, autotune=True, autotune_ram_budget_mb=64, num_parallel_calls=1, prefetch_batches=1
+    )
+    for dataset in (pipeline.train_dataset(info, 2), pipeline.eval_dataset(info, 2)):
+        options = dataset.options()
+        assert options.threading.private_threadpool_size == 2
+        assert options.autotune.enabled is True and options.autotune.ram_budget == 64 * 2**20
+    assert len(_batches(pipeline.train_dataset(info, 2), 2)) == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(scale_step=-0.25), r"input_pipeline\.scale_step"),
+        (dict(pad_value=(0.0, 0.0)), r"input_pipeline\.pad_value: expected one value or three"),
+        (dict(pad_value=2.0), r"input_pipeline\.pad_value.*\[-1, 1\], received 2\.0"),
+        (dict(interleave_cycle_length=0), r"input_pipeline\.interleave_cycle_length"),
+        (dict(num_parallel_calls=0), r"input_pipeline\.num_parallel_calls"),
+        (dict(autotune_ram_budget_mb=128), r"autotune_ram_budget_mb: only used with input_pipeline\.autotune"),
+        (dict(tf_data_service_address="localhost:5000"), r"tf_data_service_address: expected .*'grpc://host:port'"),
+    ],
+)
+def test_input_pipeline_validates_new_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        InputPipeline(**overrides)
+
+
+def test_negative_start_step_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="expected start_step >= 0, received -1"):
+        InputPipeline().train_dataset(_info(tmp_path), 2, start_step=-1)
+
+
+def test_per_channel_pad_value_in_train_and_eval(tmp_path):
+    info = _info(tmp_path)
+    pad = (-0.5, 0.25, 0.75)
+    pipeline = InputPipeline(crop_size=(40, 40), min_scale=1.0, max_scale=1.0, pad_value=pad, eval_size=(48, 40))
+    for dataset in (pipeline.train_dataset(info, 2), pipeline.eval_dataset(info, 2)):
+        images, labels = next(iter(dataset))
+        padded = labels.numpy() == IGNORE
+        assert padded.any()
+        np.testing.assert_array_equal(images.numpy()[padded], np.broadcast_to(pad, (padded.sum(), 3)))
+
+
+def test_tf_data_service_serves_the_training_batches(tmp_path):
+    info = _info(tmp_path, num_train=8, num_train_files=2)
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    address = dispatcher.target
+    worker = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=address.split("://")[1])
+    )
+    try:
+        pipeline = InputPipeline(**IDENTITY_AUGMENTATION, shuffle_buffer=8, tf_data_service_address=address)
+        # Two trainer pipelines read one job: each batch goes to one of them, and the examples are all seen.
+        dataset = pipeline.train_dataset(info, 4, _context(0))
+        assert dataset.element_spec[0].shape.as_list() == [2, 32, 32, 3]
+        seen = [i for images, _ in dataset.take(8) for i in _indices(images.numpy())]
+        assert set(seen) == set(range(8)) and len(seen) == 16
+    finally:
+        worker.stop()
+        dispatcher.stop()
+
+
+# Saturated, far-apart colours: each class keeps a colour of its own through brightness, contrast,
+# saturation and hue changes, which act on every pixel alike.
+CLASS_COLOURS = np.array([[255, 0, 0], [0, 200, 0], [0, 0, 255], [230, 230, 0], [0, 220, 220]], np.uint8)
+
+
+def _colour_coded_example(index: int, size: int = 48) -> bytes:
+    rng = np.random.default_rng(index)
+    label = np.kron(rng.integers(0, NUM_CLASSES, size=(size // 8, size // 8)), np.ones((8, 8), np.int64))
+    label = label.astype(np.uint8)
+    label[:, :4] = IGNORE
+    image = CLASS_COLOURS[np.minimum(label, NUM_CLASSES - 1)]
+    image[label == IGNORE] = 128
+    return schema.encode_example(image, label, f"coded-{index}.png")
+
+
+def _interior(label: np.ndarray, radius: int = 1) -> np.ndarray:
+    """Pixels whose (2 radius + 1)^2 neighbourhood has a single label (away from bilinear blending)."""
+    padded = np.pad(label.astype(np.int32), radius, constant_values=-1)
+    same = np.ones(label.shape, bool)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            same &= padded[dy : dy + label.shape[0], dx : dx + label.shape[1]] == label
+    return same
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_colour_coded_labels_stay_aligned_through_every_augmentation(tmp_path, jitter):
+    train_files = _write(tmp_path, "coded", [_colour_coded_example(i) for i in range(6)], 2)
+    info = DatasetInfo(**{**_info(tmp_path).__dict__, "train_files": train_files, "num_train_examples": 6})
+    pipeline = InputPipeline(
+        crop_size=(40, 40),
+        min_scale=0.75,
+        max_scale=1.5,
+        scale_step=0.25,
+        flip=True,
+        pad_value=(-1.0, 1.0, -1.0),
+        photometric_jitter=PhotometricJitter() if jitter else None,
+        shuffle_buffer=6,
+    )
+    expected = CLASS_COLOURS / 127.5 - 1.0
+    checked = 0
+    for images, labels in pipeline.train_dataset(info, 2).take(8).as_numpy_iterator():
+        for image, label in zip(images, labels, strict=True):
+            interior = _interior(label)
+            medians = {}
+            for class_id in set(np.unique(label[interior])) - {IGNORE}:
+                colours = image[interior & (label == class_id)]
+                median = np.median(colours, axis=0)
+                # Every interior pixel of a class has that class's colour: image and label moved together.
+                assert np.abs(colours - median).max() < 0.02, (class_id, np.abs(colours - median).max())
+                if not jitter:
+                    np.testing.assert_allclose(median, expected[class_id], atol=0.01)
+                medians[class_id] = median
+                checked += 1
+            for a in medians:
+                for b in medians:
+                    if a < b:
+                        assert np.abs(medians[a] - medians[b]).max() > 0.1, (a, b)
+    assert checked > 20

@@ -2,13 +2,48 @@
 
 import dataclasses
 import json
+import numbers
 import os
+import re
 
 import tensorflow as tf
 
 from trainer.config import ConfigError
 
 INFO_FILENAME = "dataset_info.json"
+
+RGB = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitInfo:
+    """One split written by `trainer.data.convert`: its files and what was found in them.
+
+    Attributes:
+      name: the split's name, e.g. `train`, `val`, `trainaug`.
+      files: its TFRecord files.
+      num_examples: examples written.
+      num_skipped: bad examples left out (`--skip_bad_examples`).
+      min_image_size: (height, width), each the smallest over the split.
+      max_image_size: (height, width), each the largest over the split.
+      image_sizes: the most common image sizes as (height, width, count), most frequent first; the counts
+        of sizes not listed add up to `num_examples` minus the counts listed.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    num_examples: int
+    num_skipped: int = 0
+    min_image_size: tuple[int, int] | None = None
+    max_image_size: tuple[int, int] | None = None
+    image_sizes: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "files", tuple(self.files))
+        object.__setattr__(self, "image_sizes", tuple(tuple(int(v) for v in size) for size in self.image_sizes))
+        for field in ("min_image_size", "max_image_size"):
+            if getattr(self, field) is not None:
+                object.__setattr__(self, field, tuple(int(v) for v in getattr(self, field)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +60,8 @@ class DatasetInfo:
       num_train_examples: examples in `train_files`.
       num_eval_examples: examples in `eval_files`.
       max_image_size: (height, width) of the largest image, the padded size at evaluation; None if unknown.
+      palette: one RGB colour per class for visualisations; None leaves the choice to the reader.
+      splits: every split the converter wrote (train and eval among them); empty for other datasets.
     """
 
     name: str
@@ -36,6 +73,8 @@ class DatasetInfo:
     num_train_examples: int
     num_eval_examples: int
     max_image_size: tuple[int, int] | None = None
+    palette: tuple[RGB, ...] | None = None
+    splits: tuple[SplitInfo, ...] = ()
 
     def __post_init__(self):
         # Coerce lists (from JSON or gin) to tuples so instances stay hashable and compare equal.
@@ -43,6 +82,13 @@ class DatasetInfo:
             object.__setattr__(self, field, tuple(getattr(self, field)))
         if self.max_image_size is not None:
             object.__setattr__(self, "max_image_size", tuple(int(v) for v in self.max_image_size))
+        if self.palette is not None:
+            # numpy ints (a palette computed with numpy) become ints; anything else is rejected below.
+            palette = tuple(tuple(int(v) if isinstance(v, numbers.Integral) else v for v in c) for c in self.palette)
+            object.__setattr__(self, "palette", palette)
+        object.__setattr__(
+            self, "splits", tuple(s if isinstance(s, SplitInfo) else SplitInfo(**s) for s in self.splits)
+        )
         where = f"DatasetInfo(name={self.name!r})"
         if self.num_classes <= 0:
             raise ConfigError(f"{where}: expected num_classes > 0, received {self.num_classes}")
@@ -67,6 +113,33 @@ class DatasetInfo:
             raise ConfigError(
                 f"{where}: expected max_image_size (height, width) of positive ints, received {self.max_image_size}"
             )
+        if self.palette is not None:
+            if len(self.palette) != self.num_classes:
+                raise ConfigError(
+                    f"{where}: expected a palette of {self.num_classes} colours (one per class), "
+                    f"received {len(self.palette)}"
+                )
+            for colour in self.palette:
+                if len(colour) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in colour):
+                    raise ConfigError(
+                        f"{where}: expected palette colours (r, g, b) of ints in [0, 255], received {colour}"
+                    )
+        names = [split.name for split in self.splits]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: expected distinct split names, received {names}")
+
+    def split(self, name: str) -> SplitInfo:
+        """Returns the split called `name`.
+
+        Raises:
+          ConfigError: if there is no such split.
+        """
+        for split in self.splits:
+            if split.name == name:
+                return split
+        raise ConfigError(
+            f"DatasetInfo(name={self.name!r}): expected a split in {[s.name for s in self.splits]}, received {name!r}"
+        )
 
 
 def _relative(path: str, directory: str) -> str:
@@ -92,22 +165,40 @@ def save(info: DatasetInfo, path: str, files_relative_to: str | None = None) -> 
     record = dataclasses.asdict(info)
     record["train_files"] = [_relative(f, directory) for f in info.train_files]
     record["eval_files"] = [_relative(f, directory) for f in info.eval_files]
+    for split in record["splits"]:
+        split["files"] = [_relative(f, directory) for f in split["files"]]
+    text = json.dumps(record, indent=2)
+    # One line per list of numbers (a colour, a size) keeps palettes and histograms readable.
+    text = re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda match: "[" + re.sub(r"\s+", " ", match.group(1)) + "]", text)
     with tf.io.gfile.GFile(path, "w") as f:
-        f.write(json.dumps(record, indent=2) + "\n")
+        f.write(text + "\n")
 
 
 def load(path: str) -> DatasetInfo:
     """Reads a `DatasetInfo` written by `save`, resolving file paths against the JSON's directory.
 
     Raises:
-      ValueError: if the file is missing fields or has unknown ones.
+      ConfigError: if the file is missing fields or has unknown ones.
     """
     directory = os.path.dirname(path)
     with tf.io.gfile.GFile(path, "r") as f:
         record = json.loads(f.read())
-    expected = {field.name for field in dataclasses.fields(DatasetInfo)}
-    if set(record) - expected or not set(record) >= expected - {"max_image_size"}:
-        raise ConfigError(f"{path}: expected the fields {sorted(expected)}, received {sorted(record)}")
+    fields = dataclasses.fields(DatasetInfo)
+    expected = {field.name for field in fields}
+    # Fields with defaults are optional, so JSON written before they existed still loads.
+    required = {field.name for field in fields if field.default is dataclasses.MISSING}
+    if set(record) - expected or not set(record) >= required:
+        raise ConfigError(
+            f"{path}: expected the fields {sorted(required)} and optionally {sorted(expected - required)}, "
+            f"received {sorted(record)}"
+        )
     record["train_files"] = [_resolve(f, directory) for f in record["train_files"]]
     record["eval_files"] = [_resolve(f, directory) for f in record["eval_files"]]
+    splits = []
+    for split in record.get("splits", ()):
+        split_fields = {field.name for field in dataclasses.fields(SplitInfo)}
+        if set(split) - split_fields:
+            raise ConfigError(f"{path}: expected split fields within {sorted(split_fields)}, received {sorted(split)}")
+        splits.append(SplitInfo(**{**split, "files": [_resolve(f, directory) for f in split["files"]]}))
+    record["splits"] = tuple(splits)
     return DatasetInfo(**record)

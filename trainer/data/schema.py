@@ -35,19 +35,31 @@ def _int64_feature(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
 
-def encode_example(image: np.ndarray, label: np.ndarray, filename: str) -> bytes:
-    """Serializes one image and its label map as a `tf.train.Example` with PNG-encoded blobs.
+def sniff_image_format(encoded: bytes) -> str | None:
+    """Returns "jpeg" or "png" from an encoded image's first bytes, None for any other format."""
+    if encoded.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if encoded.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    return None
+
+
+def encode_example(image: np.ndarray, label: np.ndarray, filename: str, encoded_image: bytes | None = None) -> bytes:
+    """Serializes one image and its label map as a `tf.train.Example`; the label is always PNG-encoded.
 
     Args:
       image: uint8 array of shape [height, width, 3].
       label: uint8 array of shape [height, width] holding class ids (and the ignore label).
       filename: stored under `image/filename`; named in errors raised while reading the record.
+      encoded_image: the image's JPEG or PNG file bytes, stored as they are (no re-encoding loss, and JPEG
+        stays small); `image` must be their decoded pixels. None stores `image` PNG-encoded.
 
     Returns:
       The serialized example.
 
     Raises:
-      ValueError: if the dtypes or shapes are not as above or the spatial sizes differ.
+      ConfigError: if the dtypes or shapes are not as above, the spatial sizes differ, or `encoded_image` is
+        neither JPEG nor PNG.
     """
     image = np.asarray(image)
     label = np.asarray(label)
@@ -66,10 +78,19 @@ def encode_example(image: np.ndarray, label: np.ndarray, filename: str) -> bytes
             f"encode_example({filename!r}): expected image and label of the same height and width, "
             f"received image {list(image.shape[:2])} and label {list(label.shape)}"
         )
+    if encoded_image is None:
+        encoded_image, image_format = tf.io.encode_png(image).numpy(), "png"
+    else:
+        image_format = sniff_image_format(encoded_image)
+        if image_format is None:
+            raise ConfigError(
+                f"encode_example({filename!r}): expected encoded_image in JPEG or PNG, received bytes starting "
+                f"{encoded_image[:8]!r}; pass encoded_image=None to store the pixels PNG-encoded"
+            )
     height, width = label.shape
     feature = {
-        IMAGE_ENCODED: _bytes_feature(tf.io.encode_png(image).numpy()),
-        IMAGE_FORMAT: _bytes_feature(b"png"),
+        IMAGE_ENCODED: _bytes_feature(encoded_image),
+        IMAGE_FORMAT: _bytes_feature(image_format.encode("ascii")),
         IMAGE_HEIGHT: _int64_feature(height),
         IMAGE_WIDTH: _int64_feature(width),
         IMAGE_FILENAME: _bytes_feature(filename.encode("utf-8")),

@@ -1,4 +1,7 @@
-"""A dataset of TFRecord files in the segmentation schema of `trainer.data.schema`, e.g. PASCAL VOC."""
+"""Datasets of TFRecord files in the segmentation schema of `trainer.data.schema`: by glob pattern, or converted."""
+
+import dataclasses
+import os
 
 import gin
 import tensorflow as tf
@@ -82,3 +85,50 @@ def tfrecord_dataset(
         num_eval_examples=num_eval_examples,
         max_image_size=tuple(max_image_size) if max_image_size is not None else None,
     )
+
+
+@gin.configurable
+def converted_dataset(
+    data_dir: str = gin.REQUIRED, train_split: str | None = None, eval_split: str | None = None
+) -> info_lib.DatasetInfo:
+    """Describes a dataset written by `python -m trainer.data.convert` from its `dataset_info.json`.
+
+    Args:
+      data_dir: the converter's --output_dir (local or gs://).
+      train_split: train on this split instead of the one the JSON names (e.g. `trainval`).
+      eval_split: evaluate on this split instead of the one the JSON names.
+
+    Returns:
+      The dataset's `DatasetInfo`, class names, palette and example counts included.
+
+    Raises:
+      ConfigError: if there is no dataset_info.json in `data_dir`, or no such split.
+    """
+    path = os.path.join(data_dir, info_lib.INFO_FILENAME)
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(
+            f"converted_dataset.data_dir: expected a directory written by `python -m trainer.data.convert`, with "
+            f"{info_lib.INFO_FILENAME}, received {data_dir!r} which has none"
+        )
+    info = info_lib.load(path)
+    changes = {}
+    for binding, role, name in (("train_split", "train", train_split), ("eval_split", "eval", eval_split)):
+        if name is None:
+            continue
+        if not info.splits:
+            raise ConfigError(f"converted_dataset.{binding}: {path} lists no splits to choose from, received {name!r}")
+        split = info.split(name)
+        changes[f"{role}_files"] = split.files
+        changes[f"num_{role}_examples"] = split.num_examples
+        if role == "eval":
+            changes["max_image_size"] = split.max_image_size
+    if changes:
+        info = dataclasses.replace(info, **changes)
+    logging.info(
+        "Converted dataset %r from %s: %d train and %d eval examples",
+        info.name,
+        data_dir,
+        info.num_train_examples,
+        info.num_eval_examples,
+    )
+    return info

@@ -1,0 +1,145 @@
+"""A folder of images and a folder of label PNGs matched by file name, with a class list.
+
+Layouts (mmsegmentation's "custom dataset"):
+  <source_dir>/images/<split>/<name>.jpg and <source_dir>/masks/<split>/<name>.png — one split per folder;
+  <source_dir>/images/<name>.jpg and <source_dir>/masks/<name>.png — split into train and val here.
+Masks are single-channel PNGs (greyscale or palette) of class ids; `label_map` rewrites values first
+(e.g. "255:1" for 0/255 binary masks).
+"""
+
+import os
+
+import numpy as np
+
+from trainer.config import ConfigError
+from trainer.data.convert import reading
+from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def read_class_file(path: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
+    """Reads a class list: one class per line, `name` or `name,r,g,b` (then every line needs a colour).
+
+    Returns:
+      The class names and the palette (None when no line has a colour).
+
+    Raises:
+      ConfigError: naming the file and line when a line is malformed or only some lines have colours.
+    """
+    names, colours = [], []
+    lines = [line.strip() for line in reading.read_bytes(path).decode("utf-8").splitlines()]
+    for number, line in enumerate(lines, start=1):
+        if not line or line.startswith("#"):
+            continue
+        name, *rgb = (part.strip() for part in line.split(","))
+        if rgb:
+            try:
+                colour = tuple(int(v) for v in rgb)
+            except ValueError:
+                colour = ()
+            if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+                raise ConfigError(
+                    f"--class_names_file: {path}:{number}: expected 'name' or 'name,r,g,b' with colours in "
+                    f"[0, 255], received {line!r}"
+                )
+            colours.append(colour)
+        names.append(name)
+    if not names:
+        raise ConfigError(f"--class_names_file: expected at least one class in {path}, received none")
+    if colours and len(colours) != len(names):
+        raise ConfigError(
+            f"--class_names_file: {path}: expected a colour on every line or on none, received {len(colours)} "
+            f"colours for {len(names)} classes"
+        )
+    return tuple(names), (tuple(colours) if colours else None)
+
+
+def _images(directory: str) -> list[str]:
+    return [p for p in reading.glob(os.path.join(directory, "*")) if p.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def _example(source_dir: str, image_path: str, mask_dir: str, table: np.ndarray) -> SourceExample:
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    mask_path = os.path.join(mask_dir, f"{stem}.png")
+    return SourceExample(
+        key=os.path.relpath(image_path, source_dir),
+        location=f"{image_path} (mask {mask_path})",
+        read=lambda: (reading.read_bytes(image_path), table[reading.read_label_png(mask_path)]),
+    )
+
+
+def folder_source(
+    source_dir: str,
+    class_names: tuple[str, ...],
+    palette: tuple[tuple[int, int, int], ...] | None = None,
+    ignore_label: int = 255,
+    label_map: dict[int, int] | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    name: str | None = None,
+    train_split: str = "train",
+    eval_split: str = "val",
+) -> DatasetSource:
+    """Describes an `images/` + `masks/` folder pair as a dataset.
+
+    Args:
+      source_dir: holds `images/` and `masks/`.
+      class_names: one per class id.
+      palette: one colour per class, or None (VOC's colour map is used).
+      ignore_label: the mask value of pixels to skip.
+      label_map: mask value -> class id, applied before validation; other values are kept.
+      val_fraction: with a flat `images/`, the fraction (drawn with `seed`) that goes to the `val` split.
+      name: the dataset's name; defaults to the directory's.
+
+    Raises:
+      ConfigError: if the layout, the classes or the fraction are not as described.
+    """
+    if not class_names:
+        raise ConfigError("--class_names or --class_names_file: expected at least one class, received none")
+    if not 0 <= ignore_label <= 255 or ignore_label < len(class_names):
+        raise ConfigError(
+            f"--ignore_label: expected a value in [{len(class_names)}, 255] (outside the class ids), "
+            f"received {ignore_label}"
+        )
+    image_root, mask_root = os.path.join(source_dir, "images"), os.path.join(source_dir, "masks")
+    for directory in (image_root, mask_root):
+        if not reading.isdir(directory):
+            raise ConfigError(
+                f"--source_dir: expected the folders images/ and masks/ in {source_dir!r}, found no {directory}"
+            )
+    table = reading.lookup_table(label_map or {})
+    subdirectories = sorted(
+        d.rstrip("/") for d in reading.listdir(image_root) if reading.isdir(os.path.join(image_root, d))
+    )
+    splits = []
+    if subdirectories:
+        for split in subdirectories:
+            images = _images(os.path.join(image_root, split))
+            examples = [_example(source_dir, p, os.path.join(mask_root, split), table) for p in images]
+            splits.append(SplitSource(split, examples, len(examples)))
+    else:
+        if not 0 < val_fraction < 1:
+            raise ConfigError(f"--val_fraction: expected a fraction in (0, 1), received {val_fraction}")
+        images = _images(image_root)
+        if len(images) < 2:
+            raise ConfigError(
+                f"--source_dir: expected at least 2 images in {image_root} to split into train and val, "
+                f"found {len(images)}"
+            )
+        # A seeded permutation of the sorted names: the same split on every machine and every run.
+        order = np.random.default_rng(seed).permutation(len(images))
+        num_val = min(max(1, round(val_fraction * len(images))), len(images) - 1)
+        val = sorted(images[i] for i in order[:num_val])
+        train = sorted(images[i] for i in order[num_val:])
+        for split, paths in (("train", train), ("val", val)):
+            splits.append(SplitSource(split, [_example(source_dir, p, mask_root, table) for p in paths], len(paths)))
+    return DatasetSource(
+        name=name or os.path.basename(source_dir.rstrip("/")),
+        class_names=tuple(class_names),
+        ignore_label=ignore_label,
+        palette=palette or reading.pascal_palette(len(class_names)),
+        splits=tuple(splits),
+        train_split=train_split,
+        eval_split=eval_split,
+    )
