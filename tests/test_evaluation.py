@@ -220,6 +220,11 @@ def test_an_unknown_best_metric_is_a_config_error(dataset_info, tmp_path):
         _evaluator(one_device_strategy(), dataset_info, weights, None, tmp_path, best_metric="mious")
 
 
+def test_a_non_positive_continuous_timeout_is_a_config_error():
+    with pytest.raises(ConfigError, match="evaluation.continuous_timeout_secs: expected a positive number"):
+        EvalConfig(continuous_timeout_secs=0)
+
+
 def test_resolve_checkpoint_accepts_a_prefix_or_a_directory(tmp_path):
     path = _save_checkpoint(str(tmp_path / "best"), 3)
     with open(tmp_path / "best" / "checkpoint", "w") as f:
