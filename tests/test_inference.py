@@ -133,6 +133,9 @@ def test_every_mode_compiles_with_static_shapes_under_xla_and_matches_eager():
     spec = tf.TensorSpec([2, 20, 28, 3], tf.float32)
     assert compiled.get_concrete_function(spec).structured_outputs.shape == (2, 20, 28, NUM_CLASSES)
     np.testing.assert_allclose(compiled(images).numpy(), eager, rtol=1e-5, atol=1e-5)
+    # Only the height and width must be static; a graph with an unknown batch size works too.
+    any_batch = tf.function(run, input_signature=[tf.TensorSpec([None, 20, 28, 3], tf.float32)])
+    np.testing.assert_allclose(any_batch(images).numpy(), eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

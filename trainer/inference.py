@@ -161,27 +161,29 @@ def slide_logits(
     """
     height, width = _static_size(images)
     window_height, window_width = min(crop_size[0], height), min(crop_size[1], width)
-    offsets = [
-        (y, x)
-        for y in window_starts(height, window_height, stride[0])
-        for x in window_starts(width, window_width, stride[1])
-    ]
-    coverage = np.zeros([height, width], np.float32)
-    for y, x in offsets:
-        coverage[y : y + window_height, x : x + window_width] += 1
+    row_starts = window_starts(height, window_height, stride[0])
+    col_starts = window_starts(width, window_width, stride[1])
+    offsets = [(y, x) for y in row_starts for x in col_starts]
+    # The windows form a grid, so the number covering pixel (y, x) is (rows covering y) * (columns covering x):
+    # two small vectors instead of an [H, W] constant in the graph.
+    row_coverage, col_coverage = np.zeros(height, np.float32), np.zeros(width, np.float32)
+    for y in row_starts:
+        row_coverage[y : y + window_height] += 1
+    for x in col_starts:
+        col_coverage[x : x + window_width] += 1
     batch = images.shape[0] if images.shape[0] is not None else tf.shape(images)[0]
     channels = images.shape[3] if images.shape[3] is not None else tf.shape(images)[3]
     offsets_tensor = tf.constant(offsets, tf.int32)
-    local_rows, local_cols = np.meshgrid(np.arange(window_height), np.arange(window_width), indexing="ij")
-    local_indices = tf.constant(np.stack([local_rows, local_cols], axis=-1), tf.int32)  # [h, w, 2]
 
     def add_window(index: tf.Tensor, total: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         offset = offsets_tensor[index]
         window = tf.slice(images, [0, offset[0], offset[1], 0], [batch, window_height, window_width, channels])
         logits = tf.cast(logits_fn(window), tf.float32)
+        rows = tf.broadcast_to(tf.range(window_height)[:, tf.newaxis] + offset[0], [window_height, window_width])
+        cols = tf.broadcast_to(tf.range(window_width)[tf.newaxis, :] + offset[1], [window_height, window_width])
         # Pixels lead in `total` ([H, W, N, C]) so a window is one scatter of [h, w] rows.
         update = tf.transpose(logits, [1, 2, 0, 3])
-        return index + 1, tf.tensor_scatter_nd_add(total, local_indices + offset, update)
+        return index + 1, tf.tensor_scatter_nd_add(total, tf.stack([rows, cols], axis=-1), update)
 
     total = tf.zeros([height, width, batch, num_classes], tf.float32)
     _, total = tf.while_loop(
@@ -191,7 +193,8 @@ def slide_logits(
         # One window at a time: parallel iterations would hold several windows' activations at once.
         parallel_iterations=1,
     )
-    return tf.transpose(total, [2, 0, 1, 3]) / coverage[np.newaxis, :, :, np.newaxis]
+    coverage = tf.constant(row_coverage)[:, tf.newaxis] * tf.constant(col_coverage)[tf.newaxis, :]
+    return tf.transpose(total, [2, 0, 1, 3]) / coverage[tf.newaxis, :, :, tf.newaxis]
 
 
 def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
