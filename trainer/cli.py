@@ -23,6 +23,12 @@ _STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy.",
 )
 _TPU = flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "--mode=eval only: the checkpoint to evaluate, a prefix (model_dir/checkpoints/ckpt-500) or a directory "
+    "(its latest, e.g. model_dir/best); default the latest in --model_dir.",
+)
 _VIRTUAL_CPUS = flags.DEFINE_integer(
     "virtual_cpus",
     0,
@@ -36,7 +42,13 @@ def _main(argv: list[str]) -> None:
     try:
         distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        report = train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
+        report = train_lib.run(
+            mode=_MODE.value,
+            model_dir=_MODEL_DIR.value,
+            strategy=_STRATEGY.value,
+            tpu=_TPU.value,
+            checkpoint=_CHECKPOINT.value,
+        )
     except (ConfigError, CheckpointWriteError, FloatingPointError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")

@@ -40,6 +40,7 @@ class Mode(FlagEnum):
     TRAIN = "train"
     EVAL = "eval"
     TRAIN_AND_EVAL = "train_and_eval"
+    CONTINUOUS_EVAL = "continuous_eval"
 
     @classmethod
     def flag_name(cls) -> str:
@@ -84,14 +85,25 @@ class TrainConfig:
 @gin.configurable("evaluation")
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """When and how to evaluate; bound in gin as `evaluation.<field>`."""
+    """When and how to evaluate; bound in gin as `evaluation.<field>`.
+
+    `best_metric` (miou, macc, pixel_accuracy or fwiou) picks the checkpoint copied to `model_dir/best/`;
+    `continuous_timeout_secs` is how long `--mode=continuous_eval` waits for a new checkpoint before stopping.
+    """
 
     every_steps: int = 500
     global_batch_size: int = 16
+    best_metric: str = "miou"
+    continuous_timeout_secs: float = 3600.0
 
     def __post_init__(self):
         _check_positive("evaluation.every_steps", self.every_steps)
         _check_positive("evaluation.global_batch_size", self.global_batch_size)
+        if not isinstance(self.continuous_timeout_secs, int | float) or self.continuous_timeout_secs <= 0:
+            raise ConfigError(
+                "gin binding evaluation.continuous_timeout_secs: expected a positive number of seconds, received "
+                f"{self.continuous_timeout_secs!r}."
+            )
 
 
 # gin keeps its registry private; reading it is the only way to suggest what the user meant.

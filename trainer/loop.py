@@ -10,6 +10,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import losses, metrics
+from trainer.inference import InferenceConfig, predict_logits
 
 TrainLoop = Callable[[Iterator, tf.Tensor], dict]
 EvalLoop = Callable[[Iterator, tf.Tensor], tf.Tensor]
@@ -86,12 +87,20 @@ def make_train_loop(
 
 
 def make_eval_loop(
-    strategy: tf.distribute.Strategy, model: keras.Model, num_classes: int, ignore_label: int
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    num_classes: int,
+    ignore_label: int,
+    inference_config: InferenceConfig | None = None,
 ) -> EvalLoop:
-    """Returns `eval_loop(iterator, num_steps)`: the confusion matrix (int64) summed over replicas and batches."""
+    """Returns `eval_loop(iterator, num_steps)`: the confusion matrix (int64) summed over replicas and batches.
+
+    Each replica predicts its batch at the batch's own (padded) size as `inference_config` says (whole image by
+    default; sliding window, multi-scale, flip), so labels are compared at their original resolution.
+    """
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-        logits = model(images, training=False)
+        logits = predict_logits(lambda x: model(x, training=False), images, num_classes, inference_config)
         predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
         return metrics.confusion_matrix(labels, predictions, num_classes, ignore_label)
 

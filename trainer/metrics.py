@@ -1,7 +1,10 @@
-"""Segmentation metrics from a dataset-wide confusion matrix."""
+"""Segmentation metrics from one dataset-wide confusion matrix."""
 
 import numpy as np
 import tensorflow as tf
+
+# The scalar metrics `segmentation_metrics` returns; all are "higher is better" (any can pick the best checkpoint).
+SCALAR_METRICS = ("miou", "macc", "pixel_accuracy", "fwiou")
 
 
 def confusion_matrix(labels: tf.Tensor, predictions: tf.Tensor, num_classes: int, ignore_label: int) -> tf.Tensor:
@@ -21,22 +24,46 @@ def confusion_matrix(labels: tf.Tensor, predictions: tf.Tensor, num_classes: int
 
 
 def segmentation_metrics(matrix: np.ndarray) -> dict:
-    """Computes mIoU, per-class IoU and pixel accuracy from a confusion matrix (rows labels, columns predictions).
+    """Computes every metric of a confusion matrix (rows labels, columns predictions), as mmsegmentation does.
 
-    A class absent from both labels and predictions has IoU NaN and is left out of the mean, as in
-    mmsegmentation and Model Garden.
+    - `per_class_iou`: TP / (TP + FP + FN); NaN for a class absent from both labels and predictions.
+    - `miou`: the mean of the per-class IoUs that are not NaN.
+    - `per_class_accuracy`: TP / (pixels labelled with the class); NaN for a class absent from the labels.
+    - `macc`: the mean of the per-class accuracies that are not NaN.
+    - `pixel_accuracy` (mmsegmentation's aAcc): correctly classified pixels / all counted pixels.
+    - `fwiou`: the per-class IoUs weighted by each class's share of the labelled pixels.
+
+    Returns:
+      The metrics above (per-class ones as lists in class order), `absent_classes` (class ids absent from labels
+      and predictions, left out of the means), `num_pixels` and the `confusion_matrix` as a list of lists.
     """
-    matrix = np.asarray(matrix, dtype=np.float64)
-    true_positives = np.diag(matrix)
-    union = matrix.sum(axis=0) + matrix.sum(axis=1) - true_positives
+    matrix = np.asarray(matrix, dtype=np.int64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"segmentation_metrics: expected a square confusion matrix, received shape {matrix.shape}")
+    true_positives = np.diag(matrix).astype(np.float64)
+    label_pixels = matrix.sum(axis=1).astype(np.float64)
+    predicted_pixels = matrix.sum(axis=0).astype(np.float64)
+    union = label_pixels + predicted_pixels - true_positives
+    total = float(matrix.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         per_class_iou = np.where(union > 0, true_positives / union, np.nan)
-    total = matrix.sum()
-    present = ~np.isnan(per_class_iou)
+        per_class_accuracy = np.where(label_pixels > 0, true_positives / label_pixels, np.nan)
+    has_labels = label_pixels > 0
+    # A class with labelled pixels always has a union > 0, so its IoU is a number.
+    frequency_weighted_iou = np.sum(label_pixels[has_labels] / total * per_class_iou[has_labels]) if total else np.nan
     return {
-        "miou": float(np.mean(per_class_iou[present])) if present.any() else float("nan"),
-        "per_class_iou": per_class_iou.tolist(),
+        "miou": _nanmean(per_class_iou),
+        "macc": _nanmean(per_class_accuracy),
         "pixel_accuracy": float(true_positives.sum() / total) if total > 0 else float("nan"),
-        "num_absent_classes": int((~present).sum()),
+        "fwiou": float(frequency_weighted_iou),
+        "per_class_iou": per_class_iou.tolist(),
+        "per_class_accuracy": per_class_accuracy.tolist(),
+        "absent_classes": np.flatnonzero(np.isnan(per_class_iou)).tolist(),
         "num_pixels": int(total),
+        "confusion_matrix": matrix.tolist(),
     }
+
+
+def _nanmean(values: np.ndarray) -> float:
+    # np.nanmean, as mmsegmentation uses (same summation order), without its warning when every value is NaN.
+    return float(np.nanmean(values)) if not np.isnan(values).all() else float("nan")

@@ -1,6 +1,7 @@
 """TensorBoard writers for the train and eval streams, and small helpers to write into them."""
 
 import os
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -11,15 +12,20 @@ EVAL_SUBDIR = "eval"
 
 
 class SummaryWriters:
-    """One writer per stream under `model_dir`; non-chief tasks get no-op writers so only the chief writes."""
+    """One writer per stream under `model_dir`; non-chief tasks get no-op writers so only the chief writes.
 
-    def __init__(self, model_dir: str, task: TaskInfo):
-        if task.is_chief:
-            self.train = tf.summary.create_file_writer(os.path.join(model_dir, TRAIN_SUBDIR))
-            self.eval = tf.summary.create_file_writer(os.path.join(model_dir, EVAL_SUBDIR))
-        else:
-            self.train = tf.summary.create_noop_writer()
-            self.eval = tf.summary.create_noop_writer()
+    Only the `streams` a job writes get an event file. TensorBoard polls only the newest event file of a
+    directory, so an unused one (a training job's `eval/` writer) would hide an evaluation job's events there.
+    """
+
+    def __init__(self, model_dir: str, task: TaskInfo, streams: Sequence[str] = (TRAIN_SUBDIR, EVAL_SUBDIR)):
+        def writer(stream: str) -> tf.summary.SummaryWriter:
+            if task.is_chief and stream in streams:
+                return tf.summary.create_file_writer(os.path.join(model_dir, stream))
+            return tf.summary.create_noop_writer()
+
+        self.train = writer(TRAIN_SUBDIR)
+        self.eval = writer(EVAL_SUBDIR)
 
     def close(self) -> None:
         """Flushes and closes both writers."""

@@ -3,18 +3,16 @@
 Everything a run does is reachable from this function, so a test or a notebook can call it directly.
 """
 
-import json
 import os
 import time
 from collections.abc import Callable
 
 import gin
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import distribute, loop, metrics, optim, summaries
+from trainer import distribute, evaluation, loop, optim, summaries
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
 from trainer.data import integrity
@@ -27,6 +25,9 @@ from trainer.models import DeepLabV3Plus
 from trainer.preemption import PreemptionWatcher
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
+# Modes that train; the others only read checkpoints, so they may run beside a training job on its model_dir.
+_TRAINING_MODES = (Mode.TRAIN, Mode.TRAIN_AND_EVAL)
+_EVALUATING_MODES = (Mode.EVAL, Mode.TRAIN_AND_EVAL, Mode.CONTINUOUS_EVAL)
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -49,6 +50,7 @@ class _Run:
         train_config: TrainConfig,
         eval_config: EvalConfig,
         input_pipeline: InputPipeline,
+        mode: Mode,
     ):
         self.model_dir = model_dir
         self.strategy = strategy
@@ -57,7 +59,9 @@ class _Run:
         self.eval_config = eval_config
         self.input_pipeline = input_pipeline
         self.task = distribute.task_info(strategy)
-        self.writers = summaries.SummaryWriters(model_dir, self.task)
+        streams = [summaries.TRAIN_SUBDIR] if mode in _TRAINING_MODES else []
+        streams += [summaries.EVAL_SUBDIR] if mode in _EVALUATING_MODES else []
+        self.writers = summaries.SummaryWriters(model_dir, self.task, streams)
         for name, batch in (
             ("train.global_batch_size", train_config.global_batch_size),
             ("evaluation.global_batch_size", eval_config.global_batch_size),
@@ -79,9 +83,9 @@ class _Run:
                 name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, global_step=self.global_step)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, global_step=self.global_step)
         self.checkpointer = Checkpointer(
-            checkpoint,
+            self.checkpoint,
             model_dir,
             self.task,
             self.global_step,
@@ -97,7 +101,9 @@ class _Run:
             l2_weight_decay=train_config.l2_weight_decay,
             jit_compile=train_config.jit_compile,
         )
-        self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
+        self.evaluator = evaluation.Evaluator(
+            strategy, self.model, dataset_info, input_pipeline, eval_config, model_dir, self.task, self.writers.eval
+        )
         self._train_iterator = None
         self._wrote_operative_config = False
         self.preemption: PreemptionWatcher | None = None
@@ -111,9 +117,6 @@ class _Run:
         return self.input_pipeline.train_dataset(
             self.info, self.train_config.global_batch_size, input_context, start_step=self.step
         )
-
-    def _eval_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return self.input_pipeline.eval_dataset(self.info, self.eval_config.global_batch_size, input_context)
 
     def train_until(self, target_step: int) -> None:
         """Trains in host loops of `train.steps_per_loop` steps until the global step reaches `target_step`."""
@@ -180,50 +183,25 @@ class _Run:
         markdown = "\n".join("    " + line for line in config_text.splitlines())
         summaries.write_text(self.writers.train, "operative_config", markdown, step)
 
-    def evaluate(self) -> dict:
-        """Evaluates the current weights on the whole eval split; logs, writes TensorBoard and JSON (chief)."""
-        dataset = self.strategy.distribute_datasets_from_function(self._eval_dataset)
-        num_steps = self.input_pipeline.eval_steps(self.info, self.eval_config.global_batch_size)
-        started = time.perf_counter()
-        matrix = self._eval_loop(iter(dataset), tf.constant(num_steps, tf.int32)).numpy()
-        results = metrics.segmentation_metrics(matrix)
-        step = self.step
-        per_class = dict(zip(self.info.class_names, results["per_class_iou"], strict=True))
-        logging.info(
-            "eval at step %d: mIoU %.4f  pixel accuracy %.4f  (%d pixels, %.1f s)\n%s",
-            step,
-            results["miou"],
-            results["pixel_accuracy"],
-            results["num_pixels"],
-            time.perf_counter() - started,
-            "\n".join(f"  {name:>20s}  IoU {iou:.4f}" for name, iou in per_class.items()),
-        )
-        scalars = {"miou": results["miou"], "pixel_accuracy": results["pixel_accuracy"]}
-        scalars.update({f"iou/{name}": iou for name, iou in per_class.items() if not np.isnan(iou)})
-        summaries.write_scalars(self.writers.eval, scalars, step)
-        report = {
-            "step": step,
-            "miou": results["miou"],
-            "pixel_accuracy": results["pixel_accuracy"],
-            # JSON has no NaN: a class absent from labels and predictions is null and left out of the mean.
-            "per_class_iou": {name: (None if np.isnan(iou) else iou) for name, iou in per_class.items()},
-            "num_pixels": results["num_pixels"],
-            "num_examples": self.info.num_eval_examples,
-            "checkpoint": self.checkpointer.latest_checkpoint,
-        }
-        if self.task.is_chief:
-            eval_dir = os.path.join(self.model_dir, summaries.EVAL_SUBDIR)
-            tf.io.gfile.makedirs(eval_dir)
-            _write_atomically(os.path.join(eval_dir, f"metrics_step_{step:08d}.json"), json.dumps(report, indent=2))
-        return report
+    def restore(self, path: str) -> int:
+        """Restores the checkpoint prefix `path` (to evaluate it); returns its step."""
+        step = self.checkpointer.restore(path)
+        logging.info("Restored %s (step %d).", path, step)
+        return step
+
+    def evaluate(self, checkpoint_path: str | None = None, export_best: bool = True) -> dict:
+        """Evaluates the current weights (from `checkpoint_path`, default the latest saved) on the eval split."""
+        checkpoint_path = checkpoint_path or self.checkpointer.latest_checkpoint
+        return self.evaluator.evaluate(self.step, checkpoint_path, checkpoint_path if export_best else None)
 
 
-@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu"])
+@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint"])
 def run(
     mode: "str | Mode",
     model_dir: str,
     strategy: "str | distribute.StrategyName | tf.distribute.Strategy" = "auto",
     tpu: str | None = None,
+    checkpoint: str | None = None,
     dataset: Callable[[], DatasetInfo] = synthetic_shapes,
     model: Callable[..., keras.Model] = DeepLabV3Plus,
     train_config: TrainConfig | None = None,
@@ -233,14 +211,19 @@ def run(
     """Trains and/or evaluates DeepLabV3+ in `model_dir`; returns the last evaluation report, if any.
 
     Args:
-      mode: train, eval (the latest checkpoint) or train_and_eval (every `evaluation.every_steps` and at the end).
+      mode: train, eval (one checkpoint: `checkpoint` or the latest), train_and_eval (every
+        `evaluation.every_steps` and at the end) or continuous_eval (each new checkpoint once, beside training,
+        until `train.steps`).
       model_dir: where checkpoints, summaries, the operative config and eval JSON go; a run resumes from it.
       strategy: a `StrategyName` value or an already built strategy (tests pass one).
       tpu: TPU name, grpc:// address or 'local', for the tpu strategy.
+      checkpoint: with mode eval, the checkpoint prefix or directory to evaluate instead of the latest.
       dataset: returns the `DatasetInfo` to train on (e.g. `@synthetic_shapes`, `@tfrecord_dataset`).
       model: builds the model given `num_classes`.
     """
     mode = Mode.parse(mode)
+    if checkpoint and mode is not Mode.EVAL:
+        raise ConfigError(f"--checkpoint={checkpoint}: expected only with --mode=eval, received --mode={mode.value}.")
     if not model_dir:
         raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
@@ -252,17 +235,25 @@ def run(
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
-    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline)
+    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline, mode)
     try:
+        if mode is Mode.EVAL:
+            path = evaluation.resolve_checkpoint(checkpoint, state.checkpointer.directory)
+            state.restore(path)
+            return state.evaluate(path, export_best=False)
+        if mode is Mode.CONTINUOUS_EVAL:
+            return evaluation.continuous_evaluate(
+                state.evaluator,
+                state.restore,
+                state.checkpointer.directory,
+                final_step=train_config.steps,
+                timeout_secs=eval_config.continuous_timeout_secs,
+            )
         restored_step = state.checkpointer.restore_latest()
-        if restored_step is None and mode is not Mode.EVAL:
+        if restored_step is None:
             # Only a fresh run starts from pretrained weights; a resumed one continues from its own checkpoint.
             with state.strategy.scope():
                 initialize_model(state.model)
-        if mode is Mode.EVAL:
-            if restored_step is None:
-                raise ConfigError(f"--mode=eval: no checkpoint in {state.checkpointer.directory} to evaluate.")
-            return state.evaluate()
         if mode is Mode.TRAIN:
             state.train_until(train_config.steps)
             return None
