@@ -21,6 +21,12 @@ _STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy.",
 )
 _TPU = flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM.")
+_PROFILE_STEPS = flags.DEFINE_string(
+    "profile_steps",
+    None,
+    "START,END: capture a TensorBoard profiler trace of these global steps into model_dir/train (rounded out to "
+    "whole host loops of train.steps_per_loop steps; view with tensorboard-plugin-profile).",
+)
 _VIRTUAL_CPUS = flags.DEFINE_integer(
     "virtual_cpus",
     0,
@@ -34,7 +40,13 @@ def _main(argv: list[str]) -> None:
     try:
         distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        report = train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
+        report = train_lib.run(
+            mode=_MODE.value,
+            model_dir=_MODEL_DIR.value,
+            strategy=_STRATEGY.value,
+            tpu=_TPU.value,
+            profile_steps=_PROFILE_STEPS.value,
+        )
     except ConfigError as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")

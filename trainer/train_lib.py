@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import distribute, loop, metrics, optim, summaries
+from trainer import distribute, loop, manifest, metrics, optim, progress, summaries
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
 from trainer.data.info import DatasetInfo
@@ -47,6 +47,7 @@ class _Run:
         train_config: TrainConfig,
         eval_config: EvalConfig,
         input_pipeline: InputPipeline,
+        profile_steps: tuple[int, int] | None = None,
     ):
         self.model_dir = model_dir
         self.strategy = strategy
@@ -98,6 +99,12 @@ class _Run:
         self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
         self._train_iterator = None
         self._wrote_operative_config = False
+        self.monitor = summaries.TrainMonitor(
+            strategy, self.model, self.optimizer, train_config.global_batch_size, input_pipeline.crop_size
+        )
+        self.progress = progress.Progress(train_config.steps, self.task.is_chief)
+        self.profiler = summaries.ProfileWindow(profile_steps, self.writers.train_dir, self.task.is_chief)
+        self.eval_images = summaries.EvalImages(input_pipeline, dataset_info)
 
     @property
     def step(self) -> int:
@@ -113,16 +120,17 @@ class _Run:
         """Trains in host loops of `train.steps_per_loop` steps until the global step reaches `target_step`."""
         if self._train_iterator is None:
             dataset = self.strategy.distribute_datasets_from_function(self._train_dataset)
-            self._train_iterator = iter(dataset)
-        total_steps = self.train_config.steps
+            self._train_iterator = self.monitor.timed(iter(dataset))
         while self.step < target_step:
             start_step = self.step
             num_steps = min(self.train_config.steps_per_loop, target_step - start_step)
+            self.profiler.before_loop(start_step, num_steps)
             started = time.perf_counter()
             outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
             outputs = {name: value.numpy() for name, value in outputs.items()}
             elapsed = time.perf_counter() - started
             end_step = self.step
+            self.profiler.after_loop(end_step)
             if not outputs["all_finite"]:
                 raise FloatingPointError(
                     f"The training loss became NaN or Inf between steps {start_step} and {end_step} "
@@ -130,23 +138,14 @@ class _Run:
                     "input data; the last good checkpoint is in "
                     f"{self.checkpointer.directory}."
                 )
-            steps_per_sec = num_steps / elapsed
             scalars = {
                 "loss": float(outputs["loss"]),
                 "cross_entropy": float(outputs["cross_entropy"]),
                 "learning_rate": float(outputs["learning_rate"]),
-                "steps_per_sec": steps_per_sec,
-                "examples_per_sec": steps_per_sec * self.train_config.global_batch_size,
             }
+            scalars.update(self.monitor.loop_scalars(num_steps, elapsed))
             summaries.write_scalars(self.writers.train, scalars, end_step)
-            logging.info(
-                "step %d/%d  loss %.4f  lr %.5f  %.1f examples/s",
-                end_step,
-                total_steps,
-                scalars["loss"],
-                scalars["learning_rate"],
-                scalars["examples_per_sec"],
-            )
+            self.progress.update(end_step, num_steps, target_step, scalars)
             if not self._wrote_operative_config:
                 self._write_operative_config(end_step)
             self.checkpointer.save(force=end_step >= target_step)
@@ -183,6 +182,7 @@ class _Run:
         scalars = {"miou": results["miou"], "pixel_accuracy": results["pixel_accuracy"]}
         scalars.update({f"iou/{name}": iou for name, iou in per_class.items() if not np.isnan(iou)})
         summaries.write_scalars(self.writers.eval, scalars, step)
+        self.eval_images.write(self.writers.eval, self.model, step)
         report = {
             "step": step,
             "miou": results["miou"],
@@ -200,7 +200,7 @@ class _Run:
         return report
 
 
-@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu"])
+@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "profile_steps"])
 def run(
     mode: "str | Mode",
     model_dir: str,
@@ -211,6 +211,7 @@ def run(
     train_config: TrainConfig | None = None,
     eval_config: EvalConfig | None = None,
     input_pipeline: InputPipeline | None = None,
+    profile_steps: "str | tuple[int, int] | None" = None,
 ) -> dict | None:
     """Trains and/or evaluates DeepLabV3+ in `model_dir`; returns the last evaluation report, if any.
 
@@ -221,8 +222,10 @@ def run(
       tpu: TPU name, grpc:// address or 'local', for the tpu strategy.
       dataset: returns the `DatasetInfo` to train on (e.g. `@synthetic_shapes`, `@tfrecord_dataset`).
       model: builds the model given `num_classes`.
+      profile_steps: `START,END` global steps to capture a profiler trace of (rounded out to host loops).
     """
     mode = Mode.parse(mode)
+    profile_window = summaries.parse_profile_steps(profile_steps)
     if not model_dir:
         raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
@@ -232,9 +235,10 @@ def run(
     input_pipeline = input_pipeline or InputPipeline()
     keras.utils.set_random_seed(train_config.seed)
     logging.info("Configuration:\n%s", gin.config_str())
-    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline)
+    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline, profile_window)
     try:
         restored_step = state.checkpointer.restore_latest()
+        manifest.write_run_manifest(mode, model_dir, strategy, state.task, state.writers.train, state.step)
         if restored_step is None and mode is not Mode.EVAL:
             # Only a fresh run starts from pretrained weights; a resumed one continues from its own checkpoint.
             with state.strategy.scope():
@@ -253,4 +257,6 @@ def run(
             report = state.evaluate()
         return report or state.evaluate()
     finally:
+        state.profiler.stop()
+        state.progress.close()
         state.writers.close()
