@@ -20,8 +20,9 @@ from trainer.data.pipeline import InputPipeline
 IGNORE_COLOR = (224, 224, 192)
 # What the four panels of an eval example show, left to right.
 EVAL_PANELS = ("input", "ground truth", "prediction", "prediction over input")
-# White space between panels and grid cells, in pixels.
+# White space between the panels of one example, and (wider, to tell examples apart) between grid cells.
 PANEL_GAP = 2
+CELL_GAP = 8
 _GAP_VALUE = 255
 
 
@@ -94,7 +95,7 @@ def concat_with_gaps(panels: Sequence[np.ndarray], axis: int, gap: int = PANEL_G
     return np.concatenate(pieces, axis=axis)
 
 
-def image_grid(cells: Sequence[np.ndarray], columns: int, gap: int = PANEL_GAP) -> np.ndarray:
+def image_grid(cells: Sequence[np.ndarray], columns: int, gap: int = CELL_GAP) -> np.ndarray:
     """Lays same-sized uint8 [h, w, 3] cells out row by row, `columns` per row; missing cells are white."""
     if columns <= 0:
         raise ConfigError(f"image grid: expected a positive number of columns, received {columns}.")
