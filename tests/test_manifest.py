@@ -13,9 +13,10 @@ from trainer import distribute, manifest
 def test_manifest_names_the_strategy_replicas_devices_and_software(tmp_path):
     strategy = mirrored_strategy()
     record = manifest.build_manifest("train", str(tmp_path), strategy, distribute.task_info(strategy), step=0)
-    assert record["strategy"]["name"] == "MirroredStrategy"
+    assert record["strategy"]["name"] == "mirrored"
+    assert record["strategy"]["class"] == "MirroredStrategy"
     assert record["strategy"]["num_replicas_in_sync"] == 2
-    assert len(record["strategy"]["replica_devices"]) == 2
+    assert len(record["strategy"]["local_replica_devices"]) == 2
     assert record["strategy"]["num_workers"] == 1 and record["strategy"]["task"]["is_chief"]
     assert {device["type"] for device in record["devices"]} >= {"CPU"}
     assert record["packages"]["tensorflow"] == tf.__version__
@@ -34,7 +35,8 @@ def test_chief_writes_json_and_a_text_summary_atomically(tmp_path):
     writer.close()
     with open(tmp_path / "manifest.json") as f:
         saved = json.load(f)
-    assert saved["strategy"]["name"] == "OneDeviceStrategy" and saved["strategy"]["num_replicas_in_sync"] == 1
+    assert saved["strategy"]["name"] == "one_device" and saved["strategy"]["class"] == "OneDeviceStrategy"
+    assert saved["strategy"]["num_replicas_in_sync"] == 1
     assert saved["start_step"] == 7 and saved["mode"] == "train_and_eval"
     assert saved["git"] == record["git"]
     assert sorted(os.listdir(tmp_path)) == ["manifest.json", "train"]  # no temporary file left behind

@@ -135,7 +135,8 @@ def test_config_and_manifest_are_written_as_text_and_json(finished_run):
     assert "train.steps = 6" in text_value(train_dir, "operative_config")
     with open(os.path.join(model_dir, "manifest.json")) as f:
         manifest = json.load(f)
-    assert manifest["strategy"]["name"] == "MirroredStrategy"
+    assert manifest["strategy"]["name"] == "mirrored"
+    assert manifest["strategy"]["class"] == "MirroredStrategy"
     assert manifest["strategy"]["num_replicas_in_sync"] == 2
     assert manifest["mode"] == "train_and_eval" and manifest["start_step"] == 0
     assert manifest["packages"]["tensorflow"] == tf.__version__

@@ -20,7 +20,7 @@ from absl import flags
 
 from trainer import summaries
 from trainer.config import Mode
-from trainer.distribute import TaskInfo
+from trainer.distribute import StrategyName, TaskInfo
 
 MANIFEST_FILE = "manifest.json"
 TEXT_TAG = "manifest"
@@ -35,6 +35,18 @@ PACKAGES = (
     "numpy",
 )
 _TRAINING_MODES = (Mode.TRAIN, Mode.TRAIN_AND_EVAL)
+# The `--strategy` name and public class name of each strategy (MultiWorkerMirroredStrategy's Python class is
+# called CollectiveAllReduceStrategy; none of these four subclasses another).
+_STRATEGY_CLASSES = (
+    (StrategyName.TPU.value, "TPUStrategy", tf.distribute.TPUStrategy),
+    (
+        StrategyName.MULTI_WORKER_MIRRORED.value,
+        "MultiWorkerMirroredStrategy",
+        tf.distribute.MultiWorkerMirroredStrategy,
+    ),
+    (StrategyName.MIRRORED.value, "MirroredStrategy", tf.distribute.MirroredStrategy),
+    (StrategyName.ONE_DEVICE.value, "OneDeviceStrategy", tf.distribute.OneDeviceStrategy),
+)
 _REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -90,7 +102,8 @@ def device_descriptions() -> list[dict]:
 
 
 def strategy_description(strategy: tf.distribute.Strategy, task: TaskInfo) -> dict:
-    """The strategy's class, replica count and devices, and the cluster and this task's place in it."""
+    """The strategy (its `--strategy` name and class), replicas, this host's replica devices, the cluster and this
+    task's place in it."""
     resolver = getattr(strategy, "cluster_resolver", None)
     cluster = {}
     if resolver is not None:
@@ -99,10 +112,15 @@ def strategy_description(strategy: tf.distribute.Strategy, task: TaskInfo) -> di
         except (ValueError, RuntimeError):
             cluster = {}
     num_workers = sum(len(tasks) for job, tasks in cluster.items() if job in ("chief", "worker")) or 1
+    name, public_class = next(
+        ((name, class_name) for name, class_name, cls in _STRATEGY_CLASSES if isinstance(strategy, cls)),
+        ("other", type(strategy).__name__),
+    )
     return {
-        "name": type(strategy).__name__,
+        "name": name,
+        "class": public_class,
         "num_replicas_in_sync": strategy.num_replicas_in_sync,
-        "replica_devices": list(strategy.extended.worker_devices),
+        "local_replica_devices": list(strategy.extended.worker_devices),
         "num_workers": num_workers,
         "cluster": cluster,
         "task": {"type": task.task_type, "id": task.task_id, "is_chief": task.is_chief},

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.python.util import deprecation
 
 from trainer import visualize
 from trainer.config import ConfigError
@@ -235,7 +236,11 @@ def forward_flops(model: keras.Model, height: int, width: int) -> float:
     graph = convert_variables_to_constants_v2(concrete).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
+    # The v1 profiler is the only FLOP counter TensorFlow ships; its deprecation notice would print on every run.
+    with deprecation.silence():
+        profile = tf.compat.v1.profiler.profile(
+            graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
+        )
     return float(profile.total_float_ops)
 
 
