@@ -47,6 +47,12 @@ class Progress:
     The ETA divides the remaining steps by a running estimate of wall-clock seconds per step measured between
     updates, so checkpoints and evaluations in between are included; the first loop (tracing and compiling)
     is left out of the estimate once a second loop has run.
+
+    Args:
+      total_steps: the step the run trains to (`train.steps`).
+      is_chief: only the chief prints; on other tasks absl logging is lowered to warnings.
+      stream: where to print; stdout by default.
+      interactive: whether to draw a bar; by default, whether `stream` is a terminal.
     """
 
     def __init__(
@@ -56,12 +62,6 @@ class Progress:
         stream: TextIO | None = None,
         interactive: bool | None = None,
     ):
-        """Args:
-        total_steps: the step the run trains to (`train.steps`).
-        is_chief: only the chief prints; on other tasks absl logging is lowered to warnings.
-        stream: where to print; stdout by default.
-        interactive: whether to draw a bar; by default, whether `stream` is a terminal.
-        """
         self._total_steps = total_steps
         self._enabled = is_chief
         self._stream = stream or sys.stdout

@@ -48,9 +48,10 @@ class ObserveConfig:
 
     Attributes:
       peak_flops_per_sec: the peak FLOP/s of one replica (one GPU, one TPU core) that `mfu` divides by,
-        e.g. 989e12 for an H100 SXM in bf16 (dense). None measures it once at the start: the best rate of a
-        chain of square matmuls in the training's compute dtype on every replica, i.e. what this hardware
-        actually reaches on dense matmuls (below the data-sheet figure, so MFU reads higher than against it).
+        e.g. 989e12 for an H100 SXM in bf16 (dense). None measures it once, after the first host loop: the
+        best rate of a chain of square matmuls in the training's compute dtype on every replica, i.e. what
+        this hardware actually reaches on dense matmuls (below the data-sheet figure, so MFU reads higher
+        than against it).
       num_eval_images: validation examples shown as image panels at every evaluation (0: none).
       eval_image_max_size: the longer side, in pixels, each panel is shrunk to at most.
     """
@@ -112,13 +113,6 @@ def markdown_code(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
-def write_images(writer: tf.summary.SummaryWriter, tag: str, images: np.ndarray, step: int) -> None:
-    """Writes uint8 images [N, H, W, 3] under `tag` (TensorBoard shows them with a sample slider) and flushes."""
-    with writer.as_default(step=step):
-        tf.summary.image(tag, images, max_outputs=len(images))
-    writer.flush()
-
-
 def write_eval_images(
     writer: tf.summary.SummaryWriter,
     logits_fn: "Callable[[tf.Tensor], tf.Tensor] | keras.Model",
@@ -148,13 +142,17 @@ def write_eval_images(
     with writer.as_default(step=step):
         for index, panel in enumerate(panels):
             tf.summary.image(f"{EVAL_IMAGES_TAG}/{index}", panel[np.newaxis], max_outputs=1)
-        palette = visualize.dataset_palette(info)
-        legend = [f"Panels, left to right: {', '.join(visualize.EVAL_PANELS)}.", "", "| class | id | colour (RGB) |"]
-        legend.append("|---|---|---|")
-        legend += [f"| {name} | {i} | {tuple(int(c) for c in palette[i])} |" for i, name in enumerate(info.class_names)]
-        legend.append(f"| ignored ({info.ignore_label}) | | {visualize.IGNORE_COLOR} |")
-        tf.summary.text(f"{EVAL_IMAGES_TAG}/legend", "\n".join(legend))
+        tf.summary.text(f"{EVAL_IMAGES_TAG}/legend", _legend_markdown(info))
     writer.flush()
+
+
+def _legend_markdown(info: DatasetInfo) -> str:
+    palette = visualize.dataset_palette(info)
+    lines = [f"Panels, left to right: {', '.join(visualize.EVAL_PANELS)}.", "", "| class | id | colour (RGB) |"]
+    lines.append("|---|---|---|")
+    lines += [f"| {name} | {i} | {tuple(int(c) for c in palette[i])} |" for i, name in enumerate(info.class_names)]
+    lines.append(f"| ignored ({info.ignore_label}) | | {visualize.IGNORE_COLOR} |")
+    return "\n".join(lines)
 
 
 class EvalImages:
@@ -231,7 +229,8 @@ def forward_flops(model: keras.Model, height: int, width: int) -> float:
     The same count as `python -m trainer.tools.model_stats` (TensorFlow's profiler on the frozen graph, 2 per
     multiply-add); that tool defines absl flags at import, so the library cannot import it.
     """
-    forward = tf.function(lambda images: model(images, training=False))
+    # No autograph: the model call has no Python control flow to convert.
+    forward = tf.function(lambda images: model(images, training=False), autograph=False)
     concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
     graph = convert_variables_to_constants_v2(concrete).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
