@@ -137,9 +137,10 @@ class Progress:
                 file=self._stream,
                 dynamic_ncols=True,
                 mininterval=0,
-                bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| {postfix}",
+                # The metrics go in `desc` (tqdm would put ", " before a postfix), at the end of the line.
+                bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| {desc}",
             )
-        self._bar.set_postfix_str(self._metrics_text(step, scalars), refresh=False)
+        self._bar.set_description_str(self._metrics_text(step, scalars), refresh=False)
         self._bar.update(step - previous_step)
         if step >= segment_end:
             self._close_bar()
