@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import visualize
 from trainer.config import ConfigError
@@ -109,3 +110,18 @@ def test_training_example_cells_show_image_mask_and_overlay():
     cells = visualize.training_example_cells(images, labels, INFO)
     assert len(cells) == 2 and cells[0].shape == (4, 3 * 4 + 2 * visualize.PANEL_GAP, 3)
     assert (cells[0][:, 4 + visualize.PANEL_GAP : 8 + visualize.PANEL_GAP] == [0, 128, 0]).all()
+
+
+def test_predict_classes_takes_a_plain_logits_function():
+    images = np.zeros((3, 4, 5, 3), np.float32)
+    images[1] += 0.5
+
+    def logits_fn(batch):
+        # Class 2 wherever the image is bright, else class 0; one call per example.
+        assert batch.shape[0] == 1
+        bright = tf.cast(batch[..., 0] > 0.25, tf.float32)
+        return tf.stack([1.0 - bright, tf.zeros_like(bright), bright], axis=-1)
+
+    predictions = visualize.predict_classes(logits_fn, images)
+    assert predictions.shape == (3, 4, 5) and predictions.dtype == np.int32
+    assert (predictions[1] == 2).all() and (predictions[[0, 2]] == 0).all()

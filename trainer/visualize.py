@@ -152,12 +152,18 @@ def eval_panels(
 
 
 def predict_classes(logits_fn: "Callable[[tf.Tensor], tf.Tensor] | keras.Model", images: np.ndarray) -> np.ndarray:
-    """Returns the argmax class map int32 [N, H, W] of `logits_fn(images)` (a keras model runs in inference mode)."""
-    if isinstance(logits_fn, keras.Model):
-        logits = logits_fn(tf.convert_to_tensor(images), training=False)
-    else:
-        logits = logits_fn(tf.convert_to_tensor(images))
-    return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
+    """Returns the argmax class map int32 [N, H, W] of `logits_fn(images)` (a keras model runs in inference mode).
+
+    One example at a time: this runs next to training, whose memory is in use, on images as large as the eval
+    size.
+    """
+
+    def predict(image: np.ndarray) -> np.ndarray:
+        batch = tf.convert_to_tensor(image[np.newaxis])
+        logits = logits_fn(batch, training=False) if isinstance(logits_fn, keras.Model) else logits_fn(batch)
+        return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
+
+    return np.concatenate([predict(image) for image in images])
 
 
 def fixed_eval_examples(
