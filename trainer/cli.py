@@ -29,6 +29,12 @@ _CHECKPOINT = flags.DEFINE_string(
     "--mode=eval only: the checkpoint to evaluate, a prefix (model_dir/checkpoints/ckpt-500) or a directory "
     "(its latest, e.g. model_dir/best); default the latest in --model_dir.",
 )
+_PROFILE_STEPS = flags.DEFINE_string(
+    "profile_steps",
+    None,
+    "START,END: capture a TensorBoard profiler trace of these global steps into model_dir/train (rounded out to "
+    "whole host loops of train.steps_per_loop steps; view with tensorboard-plugin-profile).",
+)
 _VIRTUAL_CPUS = flags.DEFINE_integer(
     "virtual_cpus",
     0,
@@ -48,6 +54,7 @@ def _main(argv: list[str]) -> None:
             strategy=_STRATEGY.value,
             tpu=_TPU.value,
             checkpoint=_CHECKPOINT.value,
+            profile_steps=_PROFILE_STEPS.value,
         )
     except (ConfigError, CheckpointWriteError, FloatingPointError) as error:
         logging.error("%s", error)

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import distribute, evaluation, loop, optim, summaries
+from trainer import distribute, evaluation, loop, manifest, optim, progress, summaries
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
 from trainer.data import integrity
@@ -51,6 +51,7 @@ class _Run:
         eval_config: EvalConfig,
         input_pipeline: InputPipeline,
         mode: Mode,
+        profile_steps: tuple[int, int] | None = None,
     ):
         self.model_dir = model_dir
         self.strategy = strategy
@@ -107,6 +108,12 @@ class _Run:
         self._train_iterator = None
         self._wrote_operative_config = False
         self.preemption: PreemptionWatcher | None = None
+        self.monitor = summaries.TrainMonitor(
+            strategy, self.model, self.optimizer, train_config.global_batch_size, input_pipeline.crop_size
+        )
+        self.progress = progress.Progress(train_config.steps, self.task.is_chief)
+        self.profiler = summaries.ProfileWindow(profile_steps, self.writers.train_dir, self.task.is_chief)
+        self.eval_images = summaries.EvalImages(input_pipeline, dataset_info)
 
     @property
     def step(self) -> int:
@@ -122,13 +129,13 @@ class _Run:
         """Trains in host loops of `train.steps_per_loop` steps until the global step reaches `target_step`."""
         if self._train_iterator is None:
             dataset = self.strategy.distribute_datasets_from_function(self._train_dataset)
-            self._train_iterator = iter(dataset)
+            self._train_iterator = self.monitor.timed(iter(dataset))
         if self.preemption is None:
             self.preemption = PreemptionWatcher(self.strategy, self._save_for_preemption, lambda: self.step)
-        total_steps = self.train_config.steps
         while self.step < target_step:
             start_step = self.step
             num_steps = min(self.train_config.steps_per_loop, target_step - start_step)
+            self.profiler.before_loop(start_step, num_steps)
             started = time.perf_counter()
             try:
                 outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
@@ -140,6 +147,7 @@ class _Run:
             outputs = {name: value.numpy() for name, value in outputs.items()}
             elapsed = time.perf_counter() - started
             end_step = self.step
+            self.profiler.after_loop(end_step)
             if not outputs["all_finite"]:
                 raise FloatingPointError(
                     f"The training loss became NaN or Inf between steps {start_step} and {end_step} "
@@ -147,23 +155,14 @@ class _Run:
                     "input data; the last good checkpoint is in "
                     f"{self.checkpointer.directory}."
                 )
-            steps_per_sec = num_steps / elapsed
             scalars = {
                 "loss": float(outputs["loss"]),
                 "cross_entropy": float(outputs["cross_entropy"]),
                 "learning_rate": float(outputs["learning_rate"]),
-                "steps_per_sec": steps_per_sec,
-                "examples_per_sec": steps_per_sec * self.train_config.global_batch_size,
             }
+            scalars.update(self.monitor.loop_scalars(num_steps, elapsed))
             summaries.write_scalars(self.writers.train, scalars, end_step)
-            logging.info(
-                "step %d/%d  loss %.4f  lr %.5f  %.1f examples/s",
-                end_step,
-                total_steps,
-                scalars["loss"],
-                scalars["learning_rate"],
-                scalars["examples_per_sec"],
-            )
+            self.progress.update(end_step, num_steps, target_step, scalars)
             if not self._wrote_operative_config:
                 self._write_operative_config(end_step)
             self.checkpointer.save(force=end_step >= target_step)
@@ -192,10 +191,12 @@ class _Run:
     def evaluate(self, checkpoint_path: str | None = None, export_best: bool = True) -> dict:
         """Evaluates the current weights (from `checkpoint_path`, default the latest saved) on the eval split."""
         checkpoint_path = checkpoint_path or self.checkpointer.latest_checkpoint
-        return self.evaluator.evaluate(self.step, checkpoint_path, checkpoint_path if export_best else None)
+        report = self.evaluator.evaluate(self.step, checkpoint_path, checkpoint_path if export_best else None)
+        self.eval_images.write(self.writers.eval, self.model, self.step)
+        return report
 
 
-@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint"])
+@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps"])
 def run(
     mode: "str | Mode",
     model_dir: str,
@@ -207,6 +208,7 @@ def run(
     train_config: TrainConfig | None = None,
     eval_config: EvalConfig | None = None,
     input_pipeline: InputPipeline | None = None,
+    profile_steps: "str | tuple[int, int] | None" = None,
 ) -> dict | None:
     """Trains and/or evaluates DeepLabV3+ in `model_dir`; returns the last evaluation report, if any.
 
@@ -220,10 +222,12 @@ def run(
       checkpoint: with mode eval, the checkpoint prefix or directory to evaluate instead of the latest.
       dataset: returns the `DatasetInfo` to train on (e.g. `@synthetic_shapes`, `@tfrecord_dataset`).
       model: builds the model given `num_classes`.
+      profile_steps: `START,END` global steps to capture a profiler trace of (rounded out to host loops).
     """
     mode = Mode.parse(mode)
     if checkpoint and mode is not Mode.EVAL:
         raise ConfigError(f"--checkpoint={checkpoint}: expected only with --mode=eval, received --mode={mode.value}.")
+    profile_window = summaries.parse_profile_steps(profile_steps)
     if not model_dir:
         raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
@@ -235,8 +239,10 @@ def run(
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
-    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline, mode)
+    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline, mode, profile_window)
     try:
+        if mode is not Mode.CONTINUOUS_EVAL:  # an evaluator beside a training job writes only eval/ and best/
+            manifest.write_run_manifest(mode, model_dir, strategy, state.task, state.writers.train, state.step)
         if mode is Mode.EVAL:
             path = evaluation.resolve_checkpoint(checkpoint, state.checkpointer.directory)
             state.restore(path)
@@ -266,4 +272,6 @@ def run(
     finally:
         if state.preemption is not None:
             state.preemption.close()
+        state.profiler.stop()
+        state.progress.close()
         state.writers.close()
