@@ -4,7 +4,11 @@
 The same as `python -m trainer.data.convert`; see `trainer/data/convert/cli.py` for the formats and flags.
 """
 
+from absl import flags
+
 from trainer.data.convert import cli
+
+flags.adopt_module_key_flags(cli)
 
 if __name__ == "__main__":
     cli.run()

@@ -191,10 +191,16 @@ def test_input_pipeline_validates_and_is_gin_configurable():
     with pytest.raises(ValueError, match=r"input_pipeline\.min_scale"):
         InputPipeline(min_scale=1.5, max_scale=1.0)
     with gin.unlock_config():
-        gin.parse_config("input_pipeline.crop_size = (64, 48)\ninput_pipeline.seed = 3")
+        gin.parse_config(
+            "input_pipeline.crop_size = (64, 48)\ninput_pipeline.seed = 3\n"
+            "input_pipeline.photometric_jitter = @photometric_jitter()\nphotometric_jitter.hue_delta = 0.1"
+        )
     try:
         pipeline = InputPipeline()
         assert (pipeline.crop_size, pipeline.seed) == ((64, 48), 3)
+        assert pipeline.photometric_jitter == PhotometricJitter(hue_delta=0.1)
+        with pytest.raises(ValueError, match=r"photometric_jitter\.contrast_range: expected \(lower, upper\)"):
+            PhotometricJitter(contrast_range=(1.5, 0.5))
     finally:
         gin.clear_config()
 

@@ -309,7 +309,8 @@ class InputPipeline:
           global_batch_size: the batch summed over all replicas.
           input_context: from `strategy.distribute_datasets_from_function`; None for a single pipeline.
           start_step: the global step of the first batch: a run resumed at step s passes s and gets the
-            batches an uninterrupted run gets from step s on (reading, not decoding, at most one epoch).
+            batches an uninterrupted run gets from step s on (reading, not decoding, at most two epochs of
+            records), provided the seed, the global batch and the number of input pipelines are the same.
 
         Returns:
           Batches `(images float32 [b, h, w, 3], labels int32 [b, h, w])` of the per-replica batch size b and

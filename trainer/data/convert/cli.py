@@ -1,4 +1,4 @@
-"""`python -m trainer.data.convert <format> --source_dir=... --output_dir=...`: flags and dispatch.
+r"""`python -m trainer.data.convert <format> --source_dir=... --output_dir=...`: flags and dispatch.
 
 Formats: voc, cityscapes, ade20k, folder, tfds. Examples:
   python -m trainer.data.convert voc --source_dir=/data/VOCdevkit --sbd_dir=/data/benchmark_RELEASE/dataset \
@@ -14,6 +14,7 @@ Then train with `--gin_bindings="run.dataset=@converted_dataset"
 """
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
@@ -189,4 +190,6 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """The console entry point: parses the flags and runs `main`."""
+    # absl prints the __main__ module's docstring as the usage: make it this module's, with the examples.
+    sys.modules["__main__"].__doc__ = __doc__
     app.run(main)

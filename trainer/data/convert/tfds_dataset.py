@@ -1,4 +1,4 @@
-"""Any TensorFlow Datasets (tfds) dataset with an image feature and a segmentation mask feature.
+r"""Any TensorFlow Datasets (tfds) dataset with an image feature and a segmentation mask feature.
 
 For example `oxford_iiit_pet` (`image`, `segmentation_mask` of 1 pet, 2 background, 3 outline):
   python -m trainer.data.convert tfds --tfds_name=oxford_iiit_pet --class_names=background,pet \
