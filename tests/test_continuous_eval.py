@@ -85,7 +85,14 @@ def test_continuous_eval_evaluates_each_checkpoint_once_and_stops_after_the_last
     )
 
     # Beside the training job the evaluator wrote only eval/ and best/: every other file is the trainer's.
-    assert {p.name for p in model_dir.iterdir()} == {"checkpoints", "train", "eval", "best", "operative_config.gin"}
+    assert {p.name for p in model_dir.iterdir()} == {
+        "checkpoints",
+        "train",
+        "eval",
+        "best",
+        "operative_config.gin",
+        "manifest.json",
+    }
     assert all(f".{trainer.pid}." in p.name for p in (model_dir / "train").iterdir())
     assert all(f".{os.getpid()}." in p.name for p in (model_dir / "eval").glob("events.*"))
 
