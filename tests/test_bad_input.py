@@ -156,3 +156,20 @@ def test_flags_missing_model_dir_and_invalid_strategy(tmp_path):
     invalid = _run_cli(f"--gin_file={SMOKE_GIN}", f"--model_dir={tmp_path}", "--strategy=mirorred")
     assert invalid.returncode != 0
     assert "--strategy" in invalid.stderr and "mirrored" in invalid.stderr
+
+
+def test_skip_corrupt_records_trains_on_what_is_readable_and_reports_it(tmp_path, caplog):
+    train_file = _write_records(tmp_path / "train.tfrecord", _good_examples(6))
+    eval_file = _write_records(tmp_path / "eval.tfrecord", _good_examples(2))
+    data = bytearray(open(train_file, "rb").read())
+    data[4 * (len(data) // 6) + 200] ^= 0xFF  # inside the 5th record: 4 readable records remain
+    with open(train_file, "wb") as f:
+        f.write(bytes(data))
+    _train_on(
+        tmp_path, train_file, eval_file, "train.global_batch_size = 2", "input_pipeline.skip_corrupt_records = True"
+    )
+    assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")).endswith("ckpt-2")
+    assert any(
+        f"{train_file}: record #4" in record.getMessage() and "4 records kept" in record.getMessage()
+        for record in caplog.records
+    )

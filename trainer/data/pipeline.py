@@ -12,6 +12,7 @@ an uninterrupted run sees.
 import dataclasses
 import math
 import os
+from collections.abc import Sequence
 
 import gin
 import numpy as np
@@ -19,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.config import ConfigError
-from trainer.data import augment, schema
+from trainer.data import augment, integrity, schema
 from trainer.data.info import DatasetInfo
 
 # The epochs of a training stream: effectively endless.
@@ -155,6 +156,10 @@ class InputPipeline:
         then depends on which worker answers first, and a resumed run restarts at an epoch boundary.
       tf_data_service_job_name: the job every trainer input pipeline reads from, so that each batch goes to
         one of them.
+      skip_corrupt_records: read past damaged TFRecord files instead of stopping: each damaged file is read up
+        to its first corrupt record (the records after it cannot be located), and the files, records and
+        losses are counted and logged when the pipeline is built. Off by default: a corrupt file is an error
+        that names the file and record.
     """
 
     crop_size: tuple[int, int] = (96, 96)
@@ -176,6 +181,7 @@ class InputPipeline:
     autotune_ram_budget_mb: int | None = None
     tf_data_service_address: str | None = None
     tf_data_service_job_name: str = "deeplab_trainer"
+    skip_corrupt_records: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "crop_size", tuple(int(v) for v in self.crop_size))
@@ -247,6 +253,27 @@ class InputPipeline:
         options.deterministic = True
         return options
 
+    def _read_file(self, path: tf.Tensor) -> tf.data.Dataset:
+        records = tf.data.TFRecordDataset(path)
+        return records.ignore_errors() if self.skip_corrupt_records else records
+
+    def _report_corrupt_files(self, files: Sequence[str], split: str) -> None:
+        """With skip_corrupt_records, scans `files` once and logs what the pipeline will skip."""
+        if not self.skip_corrupt_records:
+            return
+        damaged = integrity.find_corrupt_records(files)
+        if damaged:
+            logging.warning(
+                "input_pipeline.skip_corrupt_records: %d of %d %s files are damaged; reading each up to its first "
+                "corrupt record:\n  %s",
+                len(damaged),
+                len(files),
+                split,
+                "\n  ".join(f"{record.describe()}, {record.readable_records} records kept" for record in damaged),
+            )
+        else:
+            logging.info("input_pipeline.skip_corrupt_records: no damaged %s file among %d.", split, len(files))
+
     def _epoch_records(self, files: list[str], num_pipelines: int, pipeline_id: int, shard_by_file: bool):
         """Returns `epoch -> dataset of (epoch, position, serialized record)`: one epoch of this pipeline."""
         order_seed = tf.constant([self.seed, pipeline_id], tf.int64)
@@ -256,7 +283,7 @@ class InputPipeline:
 
         def read(ordered_files: tf.data.Dataset) -> tf.data.Dataset:
             records = ordered_files.interleave(
-                tf.data.TFRecordDataset,
+                self._read_file,
                 cycle_length=cycle_length,
                 num_parallel_calls=parallel_reads,
                 deterministic=True,
@@ -338,6 +365,7 @@ class InputPipeline:
             len(files),
             f", tf.data service at {self.tf_data_service_address}" if use_service else "",
         )
+        self._report_corrupt_files(files, "train")
         epoch_records = self._epoch_records(files, num_pipelines, pipeline_id, shard_by_file)
         first_epoch, skip_records = 0, 0
         if start_step:
@@ -455,7 +483,8 @@ class InputPipeline:
             return image, label
 
         # Files in sorted order read one after another: the element order, hence the shards, are fixed.
-        dataset = tf.data.TFRecordDataset(sorted(info.eval_files))
+        self._report_corrupt_files(info.eval_files, "eval")
+        dataset = tf.data.Dataset.from_tensor_slices(sorted(info.eval_files)).flat_map(self._read_file)
         dataset = dataset.shard(num_pipelines, pipeline_id)
         dataset = dataset.map(preprocess, num_parallel_calls=self._parallel_calls, deterministic=True)
         pad_value = self.pad_value if isinstance(self.pad_value, tuple) else (self.pad_value,) * 3

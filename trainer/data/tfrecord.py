@@ -9,7 +9,6 @@ from absl import logging
 
 from trainer.config import ConfigError
 from trainer.data import info as info_lib
-from trainer.data import integrity
 
 
 def _glob(patterns: str, binding: str) -> tuple[str, ...]:
@@ -24,12 +23,18 @@ def _glob(patterns: str, binding: str) -> tuple[str, ...]:
 
 
 def count_examples(files: tuple[str, ...]) -> int:
-    """Returns the number of records in `files` (reads them once, without parsing)."""
-    dataset = tf.data.TFRecordDataset(list(files), num_parallel_reads=tf.data.AUTOTUNE)
-    try:
-        return int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
-    except tf.errors.DataLossError as error:
-        raise integrity.explain_input_error(error, files, "dataset") from error
+    """Returns the number of readable records in `files` (reads them once, without parsing).
+
+    A damaged file counts up to its first corrupt record; reading it in training is then an error naming the
+    file and record, unless `input_pipeline.skip_corrupt_records` is set.
+    """
+    files_dataset = tf.data.Dataset.from_tensor_slices(list(files))
+    records = files_dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path).ignore_errors(),
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
 
 
 @gin.configurable
