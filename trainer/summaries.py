@@ -24,6 +24,7 @@ import psutil
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
+from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public alias
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 from tensorflow.python.util import deprecation
 
@@ -322,8 +323,14 @@ class TrainMonitor:
         self._config = config or ObserveConfig()
         self._input_wait: InputWaitTimer | None = None
 
-    def timed(self, iterator: Iterator) -> InputWaitTimer:
-        """Returns `iterator` wrapped so the loops it feeds report their input wait; pass this to the loop."""
+    def timed(self, iterator: Iterator) -> Iterator:
+        """Returns `iterator` wrapped so the loops it feeds report their input wait; pass this to the loop.
+
+        Under op determinism (`train.deterministic`) TensorFlow forbids timestamps in graphs, so the iterator is
+        returned as is and `input_wait_fraction` is not reported.
+        """
+        if tf_config.is_op_determinism_enabled():
+            return iterator
         self._input_wait = InputWaitTimer(iterator)
         return self._input_wait
 
