@@ -40,6 +40,7 @@ class Mode(FlagEnum):
     TRAIN = "train"
     EVAL = "eval"
     TRAIN_AND_EVAL = "train_and_eval"
+    EXPORT = "export"
 
     @classmethod
     def flag_name(cls) -> str:
