@@ -134,10 +134,11 @@ class HubBackbone(keras.layers.Layer):
         else:
             outputs = self._function(images)
         if not isinstance(outputs, dict):
+            received = f"one tensor of shape {outputs.shape}" if tf.is_tensor(outputs) else type(outputs).__name__
             raise ConfigError(
                 f"{type(self).__name__}({self.path!r}): expected the module to return a dict of feature maps, "
-                f"received {type(outputs).__name__} (of shape {getattr(outputs, 'shape', None)}); a module that "
-                "returns a pooled feature vector has no feature maps to segment with."
+                f"received {received}; a module that returns a pooled feature vector has no feature maps to "
+                "segment with."
             )
         missing = [key for key in (self.low_level_key, self.high_level_key) if key not in outputs]
         if missing:
