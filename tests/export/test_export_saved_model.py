@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 from PIL import Image
 
 from tests.helpers import one_device_strategy
@@ -229,3 +230,23 @@ def test_weights_context_decides_the_exported_weights(trained_run, tmp_path):
     serve = tf.saved_model.load(result.saved_model_dir).signatures["serving_default"]
     class_map = serve(images=tf.zeros([1, 48, 48, 3], tf.uint8))["class_map"].numpy()
     assert (class_map == 3).all()
+
+
+def test_a_mixed_precision_model_is_exported_in_float32(trained_run, validation, tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        bfloat16_model = trained_run.restored_model()
+        assert bfloat16_model.backbone.compute_dtype == "bfloat16"
+        bfloat16_logits = _reference_logits(bfloat16_model, validation)
+        result = exporter.export_model(
+            bfloat16_model, str(tmp_path), step=6, info=synthetic_shapes(), input_pipeline=train_lib.InputPipeline()
+        )
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # restored after the export
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    float32_logits = _reference_logits(trained_run.restored_model(), validation)
+    assert not np.allclose(bfloat16_logits, float32_logits, atol=1e-4)  # bfloat16 computes visibly differently
+    serve = tf.saved_model.load(result.saved_model_dir).signatures["serving_default"]
+    outputs = serve(images=tf.constant(validation))
+    np.testing.assert_array_equal(outputs["class_map"].numpy(), np.argmax(float32_logits, axis=-1))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(float32_logits).numpy(), atol=1e-5)

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import gin
 import numpy as np
@@ -141,21 +141,34 @@ def restore_weights(model: keras.Model, path: str) -> int:
     return int(suffix)
 
 
+@contextlib.contextmanager
+def _float32_policy() -> Iterator[None]:
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def _plain_copy(model: keras.Model, build_size: tuple[int, int], weights_context: WeightsContext | None) -> keras.Model:
-    """A copy of `model` outside any distribution strategy, holding the weights seen inside `weights_context`.
+    """A float32 copy of `model` outside any distribution strategy, with the weights seen in `weights_context`.
 
     Every worker must call this: reading synchronised variables (e.g. batch-norm statistics) of a
-    multi-worker model is a collective operation.
+    multi-worker model is a collective operation. The copy computes in float32 whatever the training precision
+    (mixed_bfloat16 on TPUs): serving CPUs and TFLite want float32 graphs, and the weights are float32 anyway.
     """
     with weights_context() if weights_context is not None else contextlib.nullcontext():
         weights = model.get_weights()
-    try:
-        copy = type(model).from_config(model.get_config())
-    except (NotImplementedError, TypeError) as error:
-        raise ConfigError(
-            f"export: expected a model that rebuilds from its get_config(), received {type(model).__name__} ({error})."
-        ) from None
-    copy(tf.zeros([1, *build_size, 3]), training=False)
+    with _float32_policy():
+        try:
+            copy = type(model).from_config(model.get_config())
+        except (NotImplementedError, TypeError) as error:
+            raise ConfigError(
+                f"export: expected a model that rebuilds from its get_config(), received {type(model).__name__} "
+                f"({error})."
+            ) from None
+        copy(tf.zeros([1, *build_size, 3]), training=False)
     copy.set_weights(weights)
     return copy
 
