@@ -17,7 +17,7 @@ def _clear_gin():
 def test_enums_parse_values_and_reject_others_naming_the_flag():
     assert Mode.parse("train_and_eval") is Mode.TRAIN_AND_EVAL
     assert StrategyName.parse("multi_worker_mirrored") is StrategyName.MULTI_WORKER_MIRRORED
-    modes = r"\{train, eval, train_and_eval, continuous_eval\}"
+    modes = r"\{train, eval, train_and_eval, continuous_eval, export\}"
     with pytest.raises(ConfigError, match=rf"--mode: expected one of {modes}, received 'fit'"):
         Mode.parse("fit")
     with pytest.raises(ConfigError, match="--strategy: expected one of"):

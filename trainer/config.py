@@ -41,6 +41,7 @@ class Mode(FlagEnum):
     EVAL = "eval"
     TRAIN_AND_EVAL = "train_and_eval"
     CONTINUOUS_EVAL = "continuous_eval"
+    EXPORT = "export"
 
     @classmethod
     def flag_name(cls) -> str:

@@ -20,6 +20,7 @@ from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
+from trainer.export import exporter
 from trainer.initialization import initialize_model
 from trainer.models import DeepLabV3Plus
 from trainer.preemption import PreemptionWatcher
@@ -196,6 +197,21 @@ class _Run:
         return report
 
 
+def _export_at_end_of_training(state: _Run, export_config: exporter.ExportConfig) -> None:
+    """Exports the final weights when `export.at_end_of_training` is set (every worker calls this)."""
+    if export_config.at_end_of_training:
+        exporter.export_model(
+            state.model,
+            state.model_dir,
+            state.step,
+            state.info,
+            state.input_pipeline,
+            export_config,
+            state.task,
+            weights_context=None,
+        )
+
+
 @gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps"])
 def run(
     mode: "str | Mode",
@@ -209,13 +225,15 @@ def run(
     eval_config: EvalConfig | None = None,
     input_pipeline: InputPipeline | None = None,
     profile_steps: "str | tuple[int, int] | None" = None,
+    export_config: exporter.ExportConfig | None = None,
 ) -> dict | None:
     """Trains and/or evaluates DeepLabV3+ in `model_dir`; returns the last evaluation report, if any.
 
     Args:
       mode: train, eval (one checkpoint: `checkpoint` or the latest), train_and_eval (every
-        `evaluation.every_steps` and at the end) or continuous_eval (each new checkpoint once, beside training,
-        until `train.steps`).
+        `evaluation.every_steps` and at the end), continuous_eval (each new checkpoint once, beside training,
+        until `train.steps`) or export (the checkpoint `export.checkpoint` designates, to
+        model_dir/export/<step>).
       model_dir: where checkpoints, summaries, the operative config and eval JSON go; a run resumes from it.
       strategy: a `StrategyName` value or an already built strategy (tests pass one).
       tpu: TPU name, grpc:// address or 'local', for the tpu strategy.
@@ -235,6 +253,7 @@ def run(
     train_config = train_config or TrainConfig()
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
+    export_config = export_config or exporter.ExportConfig()
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -255,6 +274,18 @@ def run(
                 final_step=train_config.steps,
                 timeout_secs=eval_config.continuous_timeout_secs,
             )
+        if mode is Mode.EXPORT:
+            # Restores only the weights, of the checkpoint `export.checkpoint` designates.
+            exporter.export_checkpoint(
+                state.model,
+                model_dir,
+                state.info,
+                state.input_pipeline,
+                export_config,
+                state.task,
+                weights_context=None,
+            )
+            return None
         restored_step = state.checkpointer.restore_latest()
         if restored_step is None:
             # Only a fresh run starts from pretrained weights; a resumed one continues from its own checkpoint.
@@ -262,13 +293,16 @@ def run(
                 initialize_model(state.model)
         if mode is Mode.TRAIN:
             state.train_until(train_config.steps)
+            _export_at_end_of_training(state, export_config)
             return None
         report = None
         while state.step < train_config.steps:
             next_eval = (state.step // eval_config.every_steps + 1) * eval_config.every_steps
             state.train_until(min(next_eval, train_config.steps))
             report = state.evaluate()
-        return report or state.evaluate()
+        report = report or state.evaluate()
+        _export_at_end_of_training(state, export_config)
+        return report
     finally:
         if state.preemption is not None:
             state.preemption.close()

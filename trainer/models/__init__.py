@@ -1,8 +1,10 @@
-"""DeepLab model family: ResNet, Xception-65 and MobileNetV2 backbones, ASPP, decoder, shared building blocks."""
+"""DeepLab model family: ResNet, Xception-65, MobileNetV2 and SavedModel (TF Hub-style) backbones, ASPP, decoder,
+shared building blocks."""
 
 from trainer.models.aspp import ASPP
 from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
+from trainer.models.hub_backbone import HubBackbone
 from trainer.models.layers import ConvBNReLU, batch_norm
 from trainer.models.mobilenet_v2 import MobileNetV2
 from trainer.models.resnet import BottleneckBlock, ResNet
@@ -16,6 +18,7 @@ __all__ = [
     "Decoder",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "HubBackbone",
     "MobileNetV2",
     "ResNet",
     "SeparableConvBNReLU",
