@@ -102,7 +102,7 @@ def test_trains_one_step_checkpoints_and_exports(hub_dir, tmp_path):
     for index, variable in enumerate(module.variables):
         (name,) = [key for key in trained if key.startswith(f"{index:04d}_")]
         # One SGD step moves every trainable weight; training-mode batch norm moves its statistics.
-        assert not np.allclose(trained[name], variable.numpy()), variable.name
+        assert not np.array_equal(trained[name], variable.numpy()), variable.name
 
     # Exported at the end of training; the export rebuilt the model from its config, re-reading the module.
     serve = tf.saved_model.load(os.path.join(model_dir, "export", "1")).signatures["serving_default"]

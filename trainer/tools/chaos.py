@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from trainer.preemption import EXIT_CODE_PREEMPTED
 
-_STEP_LINE = re.compile(r"\] step (\d+)/(\d+)")
+_STEP_LINE = re.compile(r"(?:^|\] )step (\d+)/(\d+)")
 _SAVED_LINE = re.compile(r"Saved checkpoint \S*ckpt-(\d+)")
 # Values that legitimately differ between an interrupted and an uninterrupted run: how many saves were made.
 _BOOKKEEPING_KEYS = ("save_counter/",)
