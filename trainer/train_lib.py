@@ -14,7 +14,8 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import distribute, loop, metrics, optim, summaries
+from trainer import distribute, loop, losses, metrics, optim, precision, summaries
+from trainer import ema as ema_lib
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
 from trainer.data.info import DatasetInfo
@@ -65,11 +66,14 @@ class _Run:
                     f"gin binding {name}: expected a multiple of the number of replicas "
                     f"({strategy.num_replicas_in_sync}), received {batch}."
                 )
-        with strategy.scope():
+        # The dtype policy must be in force while the layers are constructed (they keep it).
+        with strategy.scope(), precision.policy_scope(train_config.precision):
             self.model = model_fn(num_classes=dataset_info.num_classes)
             height, width = input_pipeline.crop_size
             self.model(tf.zeros([1, height, width, 3]), training=False)
-            self.optimizer = optim.build_optimizer(total_steps=train_config.steps)
+            self.optimizer = precision.wrap_optimizer(
+                optim.build_optimizer(total_steps=train_config.steps, model=self.model), train_config.precision
+            )
             self.global_step = tf.Variable(
                 0,
                 dtype=tf.int64,
@@ -77,7 +81,15 @@ class _Run:
                 name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, global_step=self.global_step)
+            self.ema = None
+            if train_config.ema_decay is not None:
+                self.ema = ema_lib.ExponentialMovingAverage(self.model.variables, train_config.ema_decay)
+        checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            global_step=self.global_step,
+            **({"ema": self.ema} if self.ema is not None else {}),
+        )
         self.checkpointer = Checkpointer(
             checkpoint,
             model_dir,
@@ -94,10 +106,15 @@ class _Run:
             ignore_label=dataset_info.ignore_label,
             l2_weight_decay=train_config.l2_weight_decay,
             jit_compile=train_config.jit_compile,
+            loss=losses.SegmentationLoss(),
+            gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+            ema=self.ema,
+            summary_every=train_config.summary_every,
         )
         self._eval_loop = loop.make_eval_loop(strategy, self.model, dataset_info.num_classes, dataset_info.ignore_label)
         self._train_iterator = None
         self._wrote_operative_config = False
+        self._nan_recoveries = 0
 
     @property
     def step(self) -> int:
@@ -119,25 +136,24 @@ class _Run:
             start_step = self.step
             num_steps = min(self.train_config.steps_per_loop, target_step - start_step)
             started = time.perf_counter()
-            outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+            # The default writer receives the per-step summaries the loop records (train.summary_every).
+            with self.writers.train.as_default():
+                outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
             outputs = {name: value.numpy() for name, value in outputs.items()}
             elapsed = time.perf_counter() - started
             end_step = self.step
             if not outputs["all_finite"]:
-                raise FloatingPointError(
-                    f"The training loss became NaN or Inf between steps {start_step} and {end_step} "
-                    f"(mean loss over that window: {outputs['loss']}). Lower optimizer.learning_rate or check the "
-                    "input data; the last good checkpoint is in "
-                    f"{self.checkpointer.directory}."
-                )
+                self._recover_from_nonfinite_step(start_step, outputs)
+                continue
             steps_per_sec = num_steps / elapsed
+            # Every float scalar of the loop (loss terms, gradient and weight norms, loss scale, ...) is a tag.
             scalars = {
-                "loss": float(outputs["loss"]),
-                "cross_entropy": float(outputs["cross_entropy"]),
-                "learning_rate": float(outputs["learning_rate"]),
-                "steps_per_sec": steps_per_sec,
-                "examples_per_sec": steps_per_sec * self.train_config.global_batch_size,
+                name: float(value)
+                for name, value in outputs.items()
+                if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.floating)
             }
+            scalars["steps_per_sec"] = steps_per_sec
+            scalars["examples_per_sec"] = steps_per_sec * self.train_config.global_batch_size
             summaries.write_scalars(self.writers.train, scalars, end_step)
             logging.info(
                 "step %d/%d  loss %.4f  lr %.5f  %.1f examples/s",
@@ -150,6 +166,41 @@ class _Run:
             if not self._wrote_operative_config:
                 self._write_operative_config(end_step)
             self.checkpointer.save(force=end_step >= target_step)
+
+    def _recover_from_nonfinite_step(self, start_step: int, outputs: dict) -> None:
+        """Raises FloatingPointError naming the step, or restores the last checkpoint (`train.nan_recovery_attempts`).
+
+        After a restore training continues with the batches that follow the bad one: the steps since the
+        checkpoint are redone on new data, so the batch that produced the NaN is not seen again.
+        """
+        bad_step = int(outputs["nonfinite_step"])
+        message = (
+            f"The training loss or gradient norm became NaN or Inf at step {bad_step} (host loop over steps "
+            f"{start_step + 1}-{bad_step}; mean loss over those steps {outputs['loss']}, mean gradient norm "
+            f"{outputs['gradient_norm']})."
+        )
+        attempts = self.train_config.nan_recovery_attempts
+        if self._nan_recoveries >= attempts:
+            tried = f" after {attempts} recoveries (train.nan_recovery_attempts)" if attempts else ""
+            raise FloatingPointError(
+                f"{message} Stopping{tried}. Lower optimizer.learning_rate, set optimizer.global_clipnorm, or check "
+                f"the input data; the last good checkpoint is in {self.checkpointer.directory}."
+            )
+        restored_step = self.checkpointer.restore_latest()
+        if restored_step is None:
+            raise FloatingPointError(
+                f"{message} train.nan_recovery_attempts = {attempts}, but no checkpoint has been written yet to go "
+                f"back to (train.checkpoint_every_steps = {self.train_config.checkpoint_every_steps})."
+            )
+        self._nan_recoveries += 1
+        logging.warning(
+            "%s Restored the checkpoint of step %d; training continues with the batches after the bad one "
+            "(recovery %d of %d).",
+            message,
+            restored_step,
+            self._nan_recoveries,
+            attempts,
+        )
 
     def _write_operative_config(self, step: int) -> None:
         """Writes the config gin actually used (known only after the first loop built everything)."""
@@ -167,7 +218,8 @@ class _Run:
         dataset = self.strategy.distribute_datasets_from_function(self._eval_dataset)
         num_steps = self.input_pipeline.eval_steps(self.info, self.eval_config.global_batch_size)
         started = time.perf_counter()
-        matrix = self._eval_loop(iter(dataset), tf.constant(num_steps, tf.int32)).numpy()
+        with ema_lib.average_weights(self.ema):
+            matrix = self._eval_loop(iter(dataset), tf.constant(num_steps, tf.int32)).numpy()
         results = metrics.segmentation_metrics(matrix)
         step = self.step
         per_class = dict(zip(self.info.class_names, results["per_class_iou"], strict=True))
