@@ -188,9 +188,10 @@ def make_train_loop(
             if summary_every:
                 step_scalars = {"loss": step_loss, **terms, "gradient_norm": gradient_norm}
                 step_scalars["learning_rate"] = optimizer.learning_rate
-                with tf.summary.record_if(tf.equal(global_step % summary_every, 0)):
+                # An absolute name scope ("…/"): inside the loop body the tags would otherwise start with "while/".
+                with tf.summary.record_if(tf.equal(global_step % summary_every, 0)), tf.name_scope("per_step/"):
                     for name, value in step_scalars.items():
-                        tf.summary.scalar(f"per_step/{name}", value, step=global_step)
+                        tf.summary.scalar(name, value, step=global_step)
             totals = {
                 "loss": totals["loss"] + step_loss,
                 **{name: totals[name] + terms[name] for name in _LOSS_TERMS},

@@ -66,6 +66,13 @@ class _Run:
                     f"gin binding {name}: expected a multiple of the number of replicas "
                     f"({strategy.num_replicas_in_sync}), received {batch}."
                 )
+        accumulation = train_config.gradient_accumulation_steps
+        if train_config.global_batch_size % (strategy.num_replicas_in_sync * accumulation):
+            raise ConfigError(
+                f"gin binding train.gradient_accumulation_steps: expected a divisor of the per-replica batch "
+                f"({train_config.global_batch_size} / {strategy.num_replicas_in_sync} replicas), received "
+                f"{accumulation}."
+            )
         # The dtype policy must be in force while the layers are constructed (they keep it).
         with strategy.scope(), precision.policy_scope(train_config.precision):
             self.model = model_fn(num_classes=dataset_info.num_classes)
