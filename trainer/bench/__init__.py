@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m trainer.bench train ...` measures training throughput, MFU and the trainer's overhead."""
