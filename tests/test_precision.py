@@ -90,7 +90,7 @@ def test_train_lib_builds_the_model_under_the_configured_precision(tmp_path, pol
     parse_smoke_config(str(tmp_path / "data"))
     model_dir = str(tmp_path / "run")
     train_config = TrainConfig(
-        steps=3, global_batch_size=4, steps_per_loop=3, precision=policy, jit_compile=jit_compile
+        steps=3, global_batch_size=4, steps_per_loop=3, precision=policy, jit_compile=jit_compile, summary_every=1
     )
     state = train_lib._Run(
         model_dir,
@@ -109,3 +109,5 @@ def test_train_lib_builds_the_model_under_the_configured_precision(tmp_path, pol
     events = scalar_events(os.path.join(model_dir, "train"))
     assert np.isfinite(events["loss"][-1][1])
     assert ("loss_scale" in events) == (policy == "mixed_float16")
+    # train_lib makes its writer the default while the loop runs, so the loop's per-step summaries land there.
+    assert [step for step, _ in events["per_step/loss"]] == [1, 2, 3]

@@ -144,7 +144,7 @@ def make_train_loop(
         )
         return terms, gradients
 
-    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         replica_context = tf.distribute.get_replica_context()
         # The loss is normalised by the contributing pixels of the global batch, whatever the replica count.
         normalizer = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, loss.normalizer(labels, ignore_label))
@@ -164,7 +164,10 @@ def make_train_loop(
         optimizer.apply_gradients(zip(gradients, variables, strict=True), skip_gradients_aggregation=True)
         if ema is not None:
             ema.update(global_step)
-        return terms, gradient_norm
+        # One vector, so the host-side reduction is a single collective (and MultiWorkerMirrored reduces tensors,
+        # not dicts). The loss terms are this replica's shares; every replica has the same gradient norm.
+        num_replicas = replica_context.num_replicas_in_sync
+        return tf.stack([terms[name] for name in _LOSS_TERMS] + [gradient_norm / num_replicas])
 
     @tf.function
     def train_loop(iterator: Iterator, num_steps: tf.Tensor) -> dict:
@@ -174,10 +177,10 @@ def make_train_loop(
         steps = tf.constant(0)
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
-            per_replica_terms, per_replica_norm = strategy.run(replica_step, args=(images, labels))
-            terms = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_terms, axis=None)
-            # Every replica computed the norm of the same all-reduced gradient.
-            gradient_norm = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica_norm, axis=None)
+            per_replica_scalars = strategy.run(replica_step, args=(images, labels))
+            scalars = tf.unstack(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_scalars, axis=None))
+            terms = dict(zip(_LOSS_TERMS, scalars[:-1], strict=True))
+            gradient_norm = scalars[-1]
             step_loss = tf.add_n([terms[name] for name in _LOSS_TERMS])
             global_step.assign_add(1)
             # Under loss scaling an overflowing gradient is expected now and then: the optimizer skips that
