@@ -1,4 +1,4 @@
-"""Precision policies: the policy reaches the layers built under it, float16 trains with a loss scale, bf16 with XLA."""
+"""Precision policies: the policy reaches the layers built under it; float16 trains with a loss scale; all under XLA."""
 
 import os
 
@@ -84,7 +84,7 @@ def test_mixed_float16_trains_with_a_dynamic_loss_scale_and_skips_overflowing_st
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("policy", "jit_compile", "compute_dtype"),
-    [("mixed_bfloat16", True, "bfloat16"), ("mixed_float16", False, "float16")],
+    [("mixed_bfloat16", True, "bfloat16"), ("mixed_float16", True, "float16"), ("float32", True, "float32")],
 )
 def test_train_lib_builds_the_model_under_the_configured_precision(tmp_path, policy, jit_compile, compute_dtype):
     parse_smoke_config(str(tmp_path / "data"))

@@ -51,7 +51,8 @@ def make_train_loop(
       l2_weight_decay: coefficient of the L2 term over kernels added to the loss (SGD/Adam's weight decay); must
         be 0 with an optimizer that decays weights itself (AdamW).
       jit_compile: compiles each replica's forward and backward pass with XLA (what TPUs require; static shapes).
-      loss: the per-pixel loss (class weights, label smoothing, hard-pixel mining); plain cross-entropy if None.
+      loss: the per-pixel loss (class weights, label smoothing, hard-pixel mining); None builds
+        `SegmentationLoss()` from its gin bindings (plain cross-entropy when there are none).
       gradient_accumulation_steps: k; each replica's batch is split into k micro-batches run one after the other,
         their gradients summed: the same update as the whole batch with 1/k of the activation memory (batch norm
         sees micro-batch statistics, as with any accumulation).

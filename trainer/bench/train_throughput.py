@@ -56,6 +56,8 @@ class CropResult:
     """What one crop size measured. Times are seconds, throughputs per second."""
 
     crop: int
+    model: str
+    parameters: int
     precision: str
     jit_compile: bool
     global_batch_size: int
@@ -120,10 +122,6 @@ def _machine() -> str:
     if accelerators:
         description += ", " + ", ".join(accelerators)
     return f"{description}; TensorFlow {tf.__version__}"
-
-
-def _median_seconds(samples: list[float]) -> float:
-    return statistics.median(samples)
 
 
 def _peak_rss_mib() -> float:
@@ -221,12 +219,15 @@ def benchmark_crop(
     if not outputs["all_finite"]:
         raise FloatingPointError(f"crop {crop}: the training loss became NaN or Inf during the benchmark.")
 
-    step_seconds = _median_seconds(trainer_seconds)
-    bare_step_seconds = _median_seconds(bare_seconds)
+    step_seconds = statistics.median(trainer_seconds)
+    bare_step_seconds = statistics.median(bare_seconds)
     examples_per_second = global_batch / step_seconds
     training_flops_per_second = 3.0 * flops.total * examples_per_second
+    backbone = getattr(model, "backbone", None)
     return CropResult(
         crop=crop,
+        model=type(model).__name__ + (f" with {type(backbone).__name__}" if backbone is not None else ""),
+        parameters=model.count_params(),
         precision=precision.parse(train_config.precision).value,
         jit_compile=train_config.jit_compile,
         global_batch_size=global_batch,
@@ -287,13 +288,15 @@ def _bare_train_step(
     return step, batch
 
 
-def format_report(config: str, machine: str, model_summary: str, peaks: dict[str, Peak], results: list) -> str:
+def format_report(
+    config: str, machine: str, setting: str, peaks: dict[str, Peak], results: Sequence[CropResult]
+) -> str:
     """The benchmark's printed report: the setting, the peaks and one Markdown table row per crop."""
     peak_text = ", ".join(f"{dtype} {p.flops_per_second / 1e9:,.1f} GFLOP/s" for dtype, p in peaks.items())
     any_peak = next(iter(peaks.values()))
     lines = [
         f"DeepLab Trainer training benchmark: {config}",
-        f"model: {model_summary}",
+        f"model: {results[0].model}, {results[0].parameters:,} parameters; {setting}",
         f"machine: {machine}",
         f"dense peak ({any_peak.chain} chained {any_peak.size}x{any_peak.size} matmuls in one tf.function, best of "
         f"{len(any_peak.seconds)}): {peak_text}",
@@ -339,21 +342,17 @@ def main(argv: Sequence[str]) -> int:
                 crop, strategy, train_config, args.num_classes, run_peak, args.timed_steps, args.warmup_steps
             )
         )
-    with precision.policy_scope(run_precision):
-        model = build_configured_model(args.num_classes)
-    model(tf.zeros([1, args.crop[0], args.crop[0], 3]), training=False)
-    model_summary = (
-        f"{type(model).__name__} with {type(getattr(model, 'backbone', model)).__name__}, {model.count_params():,} "
-        f"parameters, {args.num_classes} classes; strategy {type(strategy).__name__} ({strategy.num_replicas_in_sync} "
-        "replica(s)); random inputs from memory"
+    setting = (
+        f"{args.num_classes} classes; {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
+        "random inputs from memory"
     )
-    print(format_report(" ".join(args.config), _machine(), model_summary, peaks, results))
+    print(format_report(" ".join(args.config), _machine(), setting, peaks, results))
     if args.output_json:
         report = {
             "config": args.config,
             "gin_bindings": args.gin_bindings,
             "machine": _machine(),
-            "model": model_summary,
+            "setting": setting,
             "peaks": {dtype: dataclasses.asdict(p) for dtype, p in peaks.items()},
             "results": [dataclasses.asdict(r) for r in results],
         }
