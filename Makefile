@@ -5,8 +5,10 @@ PYTHON := $(VENV)/bin/python
 INSTALL_STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
+BENCH_CONFIG ?= configs/bench_resnet50_os16.gin
+BENCH_ARGS ?= --crop=128 --crop=256 --crop=513
 
-.PHONY: install demo test lint fmt clean
+.PHONY: install demo test lint fmt bench clean
 
 install: $(INSTALL_STAMP)
 
@@ -23,6 +25,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# Training throughput, MFU and trainer overhead of the reference config (minutes on a CPU; quiet machine wanted).
+bench: install
+	$(PYTHON) -m trainer.bench train --config=$(BENCH_CONFIG) $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -60,8 +60,14 @@ def _check_positive(binding: str, value: int) -> None:
 class TrainConfig:
     """How long and how to train; bound in gin as `train.<field>`.
 
-    `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss; `jit_compile`
-    compiles each replica's forward and backward pass with XLA; `deterministic` enables TensorFlow's op
+    `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss (SGD and Adam; 0
+    with AdamW, which decays by `optimizer.weight_decay`); `jit_compile` compiles each replica's forward and
+    backward pass with XLA. `precision`: float32, mixed_float16 (loss scaling) or mixed_bfloat16.
+    `gradient_accumulation_steps` splits each replica's batch into that many sequential micro-batches.
+    `ema_decay` keeps an exponential moving average of the weights (e.g. 0.9998; None: none), used for
+    evaluation and export. `summary_every` > 0 also records per-step scalars inside the host loop every that many
+    steps. `nan_recovery_attempts` > 0: on a NaN/Inf loss or gradient, restore the last checkpoint and continue
+    past the bad batches, at most that many times, before raising. `deterministic` enables TensorFlow's op
     determinism, so that a run killed at any step and resumed ends with the weights of an uninterrupted one.
     """
 
@@ -74,10 +80,20 @@ class TrainConfig:
     seed: int = 0
     jit_compile: bool = False
     deterministic: bool = False
+    precision: str = "float32"
+    gradient_accumulation_steps: int = 1
+    ema_decay: float | None = None
+    summary_every: int = 0
+    nan_recovery_attempts: int = 0
 
     def __post_init__(self):
         for name in ("steps", "global_batch_size", "steps_per_loop", "checkpoint_every_steps"):
             _check_positive(f"train.{name}", getattr(self, name))
+        _check_positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        for name in ("summary_every", "nan_recovery_attempts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"gin binding train.{name}: expected an integer >= 0, received {value!r}.")
         _check_positive("train.max_checkpoints_to_keep", self.max_checkpoints_to_keep)
         if self.l2_weight_decay < 0:
             raise ConfigError(f"gin binding train.l2_weight_decay: expected >= 0, received {self.l2_weight_decay}.")

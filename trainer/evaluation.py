@@ -6,6 +6,7 @@ the chosen metric (`evaluation.best_metric`) improves — a copy of the checkpoi
 `info.json` (step, metric, value).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -153,6 +154,7 @@ class Evaluator:
         task: TaskInfo,
         writer: tf.summary.SummaryWriter,
         inference_config: InferenceConfig | None = None,
+        weights_context: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         if eval_config.best_metric not in metrics.SCALAR_METRICS:
             valid = ", ".join(metrics.SCALAR_METRICS)
@@ -169,6 +171,8 @@ class Evaluator:
         self.writer = writer
         self.inference_config = (inference_config or InferenceConfig()).with_default_crop(input_pipeline.crop_size)
         self.best = BestCheckpoint(os.path.join(model_dir, BEST_SUBDIR), eval_config.best_metric)
+        # Swaps the weights to evaluate in (e.g. the EMA averages) around every evaluation.
+        self._weights_context = weights_context or contextlib.nullcontext
         self._eval_loop = loop.make_eval_loop(
             strategy, model, dataset_info.num_classes, dataset_info.ignore_label, self.inference_config
         )
@@ -180,7 +184,8 @@ class Evaluator:
         """Runs the model over the eval split; returns the int64 confusion matrix summed over every replica."""
         dataset = self.strategy.distribute_datasets_from_function(self._dataset)
         num_steps = self.input_pipeline.eval_steps(self.info, self.eval_config.global_batch_size)
-        return self._eval_loop(iter(dataset), tf.constant(num_steps, tf.int32)).numpy()
+        with self._weights_context():
+            return self._eval_loop(iter(dataset), tf.constant(num_steps, tf.int32)).numpy()
 
     def evaluate(self, step: int, checkpoint_path: str | None = None, export_best_from: str | None = None) -> dict:
         """Evaluates the model's current weights; logs the table, writes JSON and TensorBoard (chief).

@@ -9,11 +9,16 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import losses, metrics
+from trainer import losses, metrics, optim, precision
+from trainer.config import ConfigError
+from trainer.ema import ExponentialMovingAverage
 from trainer.inference import InferenceConfig, predict_logits
 
 TrainLoop = Callable[[Iterator, tf.Tensor], dict]
 EvalLoop = Callable[[Iterator, tf.Tensor], tf.Tensor]
+
+# Per-replica shares of the global-batch loss terms: summed over replicas they are the global values.
+_LOSS_TERMS = ("cross_entropy", "l2_regularization")
 
 
 def make_train_loop(
@@ -24,64 +29,192 @@ def make_train_loop(
     ignore_label: int,
     l2_weight_decay: float,
     jit_compile: bool = False,
+    *,
+    loss: losses.SegmentationLoss | None = None,
+    gradient_accumulation_steps: int = 1,
+    ema: ExponentialMovingAverage | None = None,
+    summary_every: int = 0,
 ) -> TrainLoop:
-    """Returns `train_loop(iterator, num_steps)`, which trains `num_steps` steps and returns loop statistics.
+    """Returns `train_loop(iterator, num_steps)`, which trains up to `num_steps` steps and returns loop statistics.
 
-    The returned dict holds `loss` (mean over the loop of the global-batch loss, weight decay included),
-    `cross_entropy` (same, without decay), `learning_rate` (at the last step) and `all_finite` (False if any
-    loss in the loop was NaN or Inf; the host raises on it). `jit_compile` compiles the replica's forward and
-    backward pass with XLA (what TPUs require; static shapes throughout).
+    Each step: the loss of the global batch (normalised by its contributing pixels, counted over all replicas),
+    its gradient summed over `gradient_accumulation_steps` sequential micro-batches of each replica's batch and
+    all-reduced, the optimizer update (clipping, learning-rate multipliers and loss scaling are the optimizer's),
+    then the moving average `ema` if given. The loop stops early after a step whose loss or gradient norm is not
+    finite, so the host can name that step.
+
+    Args:
+      strategy: the strategy the model and optimizer were built under.
+      model: returns float32 logits [N, H, W, C].
+      optimizer: a keras optimizer, a `LossScaleOptimizer` under mixed_float16.
+      global_step: int64 step counter, incremented once per step.
+      ignore_label: label value of pixels that contribute nothing.
+      l2_weight_decay: coefficient of the L2 term over kernels added to the loss (SGD/Adam's weight decay); must
+        be 0 with an optimizer that decays weights itself (AdamW).
+      jit_compile: compiles each replica's forward and backward pass with XLA (what TPUs require; static shapes).
+      loss: the per-pixel loss (class weights, label smoothing, hard-pixel mining); None builds
+        `SegmentationLoss()` from its gin bindings (plain cross-entropy when there are none).
+      gradient_accumulation_steps: k; each replica's batch is split into k micro-batches run one after the other,
+        their gradients summed: the same update as the whole batch with 1/k of the activation memory (batch norm
+        sees micro-batch statistics, as with any accumulation).
+      ema: a moving average of the weights, updated after every step.
+      summary_every: when > 0, the loop records `per_step/<name>` scalars into the default summary writer at every
+        step that is a multiple of it (0: only the loop means the host writes).
+
+    Returns:
+      `train_loop(iterator, num_steps)` returning a dict of scalars: `loss`, `cross_entropy`,
+      `l2_regularization`, `gradient_norm` (means over the steps run; the norm is the global one, before
+      clipping), `learning_rate` (at the last step), `weight_norm` (after it), `loss_scale` (mixed_float16 only),
+      and the bookkeeping `all_finite` (bool), `nonfinite_step` (int64 global step of the first non-finite step, -1
+      if none) and `steps` (int32 steps run).
+
+    Raises:
+      ConfigError: inconsistent settings (accumulation steps, weight decay with AdamW, class weights).
     """
+    if isinstance(gradient_accumulation_steps, bool) or not (
+        isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps >= 1
+    ):
+        raise ConfigError(
+            "gin binding train.gradient_accumulation_steps: expected a positive integer, received "
+            f"{gradient_accumulation_steps!r}."
+        )
+    if l2_weight_decay and optim.decouples_weight_decay(optimizer):
+        raise ConfigError(
+            f"gin binding train.l2_weight_decay: expected 0 with optimizer.algorithm = 'adamw', received "
+            f"{l2_weight_decay}; AdamW decays the weights itself (optimizer.weight_decay), an L2 term in the loss "
+            "would decay them twice. Set train.l2_weight_decay = 0."
+        )
+    if summary_every < 0:
+        raise ConfigError(f"gin binding train.summary_every: expected >= 0, received {summary_every!r}.")
+    loss = loss or losses.SegmentationLoss()
+    if getattr(model, "num_classes", None) is not None:
+        loss.check_num_classes(model.num_classes)
+    accumulation = gradient_accumulation_steps
+    scales_loss = precision.uses_loss_scaling(optimizer)
+    variables = model.trainable_variables
 
     def loss_and_gradients(
-        images: tf.Tensor, labels: tf.Tensor, global_valid_pixels: tf.Tensor, num_replicas: int
-    ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        images: tf.Tensor, labels: tf.Tensor, normalizer: tf.Tensor, decay_coefficient: tf.Tensor
+    ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            loss_sum, _ = losses.pixel_cross_entropy_sum(labels, logits, ignore_label)
-            cross_entropy = loss_sum / tf.maximum(global_valid_pixels, 1.0)
-            # Gradients are summed across replicas, so each replica carries 1/num_replicas of the penalty.
-            decay = l2_weight_decay * losses.l2_kernel_penalty(model.trainable_variables) / num_replicas
-            loss = cross_entropy + decay
-        return loss, cross_entropy, tape.gradient(loss, model.trainable_variables)
+            cross_entropy = loss.loss_sum(labels, logits, ignore_label) / normalizer
+            if l2_weight_decay:
+                l2 = decay_coefficient * losses.l2_kernel_penalty(variables)
+            else:
+                l2 = tf.constant(0.0)
+            total = cross_entropy + l2
+            objective = optimizer.get_scaled_loss(total) if scales_loss else total
+        gradients = tape.gradient(objective, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return {"cross_entropy": cross_entropy, "l2_regularization": l2}, gradients
 
     if jit_compile:
         # Only the model's forward and backward pass is compiled; the all-reduce and the optimizer update
         # stay outside, so the same step runs under every strategy.
         loss_and_gradients = tf.function(loss_and_gradients, jit_compile=True)
 
-    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        replica_context = tf.distribute.get_replica_context()
-        valid_pixels = tf.reduce_sum(tf.cast(tf.not_equal(labels, ignore_label), tf.float32))
-        # The loss is normalised by the valid pixels of the global batch, whatever the replica count.
-        global_valid_pixels = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, valid_pixels)
-        loss, cross_entropy, gradients = loss_and_gradients(
-            images, labels, global_valid_pixels, replica_context.num_replicas_in_sync
+    def accumulated_loss_and_gradients(
+        images: tf.Tensor, labels: tf.Tensor, normalizer: tf.Tensor, decay_coefficient: tf.Tensor
+    ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
+        batch = images.shape[0]
+        if batch is not None and batch % accumulation:
+            raise ConfigError(
+                f"gin binding train.gradient_accumulation_steps: expected a divisor of the per-replica batch "
+                f"({batch} = train.global_batch_size / {strategy.num_replicas_in_sync} replicas), received "
+                f"{accumulation}."
+            )
+        micro_images = tf.reshape(images, tf.concat([[accumulation, -1], tf.shape(images)[1:]], 0))
+        micro_labels = tf.reshape(labels, tf.concat([[accumulation, -1], tf.shape(labels)[1:]], 0))
+
+        def body(index, terms, gradients):
+            micro_terms, micro_gradients = loss_and_gradients(
+                micro_images[index], micro_labels[index], normalizer, decay_coefficient
+            )
+            terms = {name: terms[name] + micro_terms[name] for name in _LOSS_TERMS}
+            gradients = [a + b for a, b in zip(gradients, micro_gradients, strict=True)]
+            return index + 1, terms, gradients
+
+        initial = (
+            tf.constant(0),
+            {name: tf.constant(0.0) for name in _LOSS_TERMS},
+            [tf.zeros_like(v) for v in variables],
         )
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
-        return loss, cross_entropy
+        # One micro-batch at a time (parallel_iterations=1): running them concurrently would bring back the
+        # memory the accumulation exists to save.
+        _, terms, gradients = tf.while_loop(
+            lambda index, *_: index < accumulation, body, initial, parallel_iterations=1
+        )
+        return terms, gradients
+
+    def replica_step(images: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        replica_context = tf.distribute.get_replica_context()
+        # The loss is normalised by the contributing pixels of the global batch, whatever the replica count.
+        normalizer = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, loss.normalizer(labels, ignore_label))
+        normalizer = tf.maximum(normalizer, 1.0)
+        # Gradients are summed across replicas and micro-batches, so each carries its share of the penalty.
+        decay_coefficient = tf.constant(
+            l2_weight_decay / (replica_context.num_replicas_in_sync * accumulation), tf.float32
+        )
+        if accumulation == 1:
+            terms, gradients = loss_and_gradients(images, labels, normalizer, decay_coefficient)
+        else:
+            terms, gradients = accumulated_loss_and_gradients(images, labels, normalizer, decay_coefficient)
+        if scales_loss:
+            gradients = optimizer.get_unscaled_gradients(gradients)
+        gradients = replica_context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradient_norm = tf.linalg.global_norm(gradients)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True), skip_gradients_aggregation=True)
+        if ema is not None:
+            ema.update(global_step)
+        # One vector, so the host-side reduction is a single collective (and MultiWorkerMirrored reduces tensors,
+        # not dicts). The loss terms are this replica's shares; every replica has the same gradient norm.
+        num_replicas = replica_context.num_replicas_in_sync
+        return tf.stack([terms[name] for name in _LOSS_TERMS] + [gradient_norm / num_replicas])
 
     @tf.function
     def train_loop(iterator: Iterator, num_steps: tf.Tensor) -> dict:
-        loss_total = tf.constant(0.0)
-        cross_entropy_total = tf.constant(0.0)
+        totals = {name: tf.constant(0.0) for name in ("loss", *_LOSS_TERMS, "gradient_norm")}
         all_finite = tf.constant(True)
+        nonfinite_step = tf.constant(-1, tf.int64)
+        steps = tf.constant(0)
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
-            per_replica_loss, per_replica_cross_entropy = strategy.run(replica_step, args=(images, labels))
-            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_loss, axis=None)
-            cross_entropy = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_cross_entropy, axis=None)
+            per_replica_scalars = strategy.run(replica_step, args=(images, labels))
+            scalars = tf.unstack(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica_scalars, axis=None))
+            terms = dict(zip(_LOSS_TERMS, scalars[:-1], strict=True))
+            gradient_norm = scalars[-1]
+            step_loss = tf.add_n([terms[name] for name in _LOSS_TERMS])
             global_step.assign_add(1)
-            all_finite = tf.logical_and(all_finite, tf.math.is_finite(loss))
-            loss_total += loss
-            cross_entropy_total += cross_entropy
-        count = tf.cast(num_steps, tf.float32)
-        return {
-            "loss": loss_total / count,
-            "cross_entropy": cross_entropy_total / count,
-            "learning_rate": tf.identity(optimizer.learning_rate),
-            "all_finite": all_finite,
-        }
+            # Under loss scaling an overflowing gradient is expected now and then: the optimizer skips that
+            # update and lowers the scale, so only the loss must stay finite.
+            finite = tf.math.is_finite(step_loss)
+            if not scales_loss:
+                finite = tf.logical_and(finite, tf.math.is_finite(gradient_norm))
+            if summary_every:
+                step_scalars = {"loss": step_loss, **terms, "gradient_norm": gradient_norm}
+                step_scalars["learning_rate"] = optimizer.learning_rate
+                # An absolute name scope ("…/"): inside the loop body the tags would otherwise start with "while/".
+                with tf.summary.record_if(tf.equal(global_step % summary_every, 0)), tf.name_scope("per_step/"):
+                    for name, value in step_scalars.items():
+                        tf.summary.scalar(name, value, step=global_step)
+            totals = {
+                "loss": totals["loss"] + step_loss,
+                **{name: totals[name] + terms[name] for name in _LOSS_TERMS},
+                "gradient_norm": totals["gradient_norm"] + gradient_norm,
+            }
+            steps += 1
+            if not finite:
+                all_finite = tf.constant(False)
+                nonfinite_step = tf.identity(global_step.read_value())
+                break
+        count = tf.cast(tf.maximum(steps, 1), tf.float32)
+        outputs = {name: total / count for name, total in totals.items()}
+        outputs["learning_rate"] = tf.identity(optimizer.learning_rate)
+        outputs["weight_norm"] = tf.linalg.global_norm(variables)
+        if scales_loss:
+            outputs["loss_scale"] = tf.cast(optimizer.loss_scale, tf.float32)
+        outputs.update(all_finite=all_finite, nonfinite_step=nonfinite_step, steps=steps)
+        return outputs
 
     return train_loop
 

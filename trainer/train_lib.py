@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 
 import gin
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import distribute, evaluation, loop, manifest, optim, progress, summaries
+from trainer import distribute, evaluation, loop, losses, manifest, optim, precision, progress, summaries
+from trainer import ema as ema_lib
 from trainer.checkpoints import Checkpointer
 from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
 from trainer.data import integrity
@@ -73,11 +75,21 @@ class _Run:
                     f"gin binding {name}: expected a multiple of the number of replicas "
                     f"({strategy.num_replicas_in_sync}), received {batch}."
                 )
-        with strategy.scope():
+        accumulation = train_config.gradient_accumulation_steps
+        if train_config.global_batch_size % (strategy.num_replicas_in_sync * accumulation):
+            raise ConfigError(
+                f"gin binding train.gradient_accumulation_steps: expected a divisor of the per-replica batch "
+                f"({train_config.global_batch_size} / {strategy.num_replicas_in_sync} replicas), received "
+                f"{accumulation}."
+            )
+        # The dtype policy must be in force while the layers are constructed (they keep it).
+        with strategy.scope(), precision.policy_scope(train_config.precision):
             self.model = model_fn(num_classes=dataset_info.num_classes)
             height, width = input_pipeline.crop_size
             self.model(tf.zeros([1, height, width, 3]), training=False)
-            self.optimizer = optim.build_optimizer(total_steps=train_config.steps)
+            self.optimizer = precision.wrap_optimizer(
+                optim.build_optimizer(total_steps=train_config.steps, model=self.model), train_config.precision
+            )
             self.global_step = tf.Variable(
                 0,
                 dtype=tf.int64,
@@ -85,7 +97,15 @@ class _Run:
                 name="global_step",
                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             )
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, global_step=self.global_step)
+            self.ema = None
+            if train_config.ema_decay is not None:
+                self.ema = ema_lib.ExponentialMovingAverage(self.model.variables, train_config.ema_decay)
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model,
+            optimizer=self.optimizer,
+            global_step=self.global_step,
+            **({"ema": self.ema} if self.ema is not None else {}),
+        )
         self.checkpointer = Checkpointer(
             self.checkpoint,
             model_dir,
@@ -102,9 +122,21 @@ class _Run:
             ignore_label=dataset_info.ignore_label,
             l2_weight_decay=train_config.l2_weight_decay,
             jit_compile=train_config.jit_compile,
+            loss=losses.SegmentationLoss(),
+            gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+            ema=self.ema,
+            summary_every=train_config.summary_every,
         )
         self.evaluator = evaluation.Evaluator(
-            strategy, self.model, dataset_info, input_pipeline, eval_config, model_dir, self.task, self.writers.eval
+            strategy,
+            self.model,
+            dataset_info,
+            input_pipeline,
+            eval_config,
+            model_dir,
+            self.task,
+            self.writers.eval,
+            weights_context=self.averaged_weights,
         )
         self._train_iterator = None
         self._wrote_operative_config = False
@@ -115,6 +147,7 @@ class _Run:
         self.progress = progress.Progress(train_config.steps, self.task.is_chief)
         self.profiler = summaries.ProfileWindow(profile_steps, self.writers.train_dir, self.task.is_chief)
         self.eval_images = summaries.EvalImages(input_pipeline, dataset_info)
+        self._nan_recoveries = 0
 
     @property
     def step(self) -> int:
@@ -139,7 +172,9 @@ class _Run:
             self.profiler.before_loop(start_step, num_steps)
             started = time.perf_counter()
             try:
-                outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
+                # The default writer receives the per-step summaries the loop records (train.summary_every).
+                with self.writers.train.as_default():
+                    outputs = self._train_loop(self._train_iterator, tf.constant(num_steps, tf.int32))
             except tf.errors.OpError as error:
                 explanation = integrity.explain_input_error(error, self.info.train_files, "train")
                 if explanation is None:
@@ -150,16 +185,13 @@ class _Run:
             end_step = self.step
             self.profiler.after_loop(end_step)
             if not outputs["all_finite"]:
-                raise FloatingPointError(
-                    f"The training loss became NaN or Inf between steps {start_step} and {end_step} "
-                    f"(mean loss over that window: {outputs['loss']}). Lower optimizer.learning_rate or check the "
-                    "input data; the last good checkpoint is in "
-                    f"{self.checkpointer.directory}."
-                )
+                self._recover_from_nonfinite_step(start_step, outputs)
+                continue
+            # Every float scalar of the loop (loss terms, gradient and weight norms, loss scale, ...) is a tag.
             scalars = {
-                "loss": float(outputs["loss"]),
-                "cross_entropy": float(outputs["cross_entropy"]),
-                "learning_rate": float(outputs["learning_rate"]),
+                name: float(value)
+                for name, value in outputs.items()
+                if np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.floating)
             }
             scalars.update(self.monitor.loop_scalars(num_steps, elapsed))
             summaries.write_scalars(self.writers.train, scalars, end_step)
@@ -172,6 +204,41 @@ class _Run:
     def _save_for_preemption(self) -> str | None:
         return self.checkpointer.save(force=True) or self.checkpointer.latest_checkpoint
 
+    def _recover_from_nonfinite_step(self, start_step: int, outputs: dict) -> None:
+        """Raises FloatingPointError naming the step, or restores the last checkpoint (`train.nan_recovery_attempts`).
+
+        After a restore training continues with the batches that follow the bad one: the steps since the
+        checkpoint are redone on new data, so the batch that produced the NaN is not seen again.
+        """
+        bad_step = int(outputs["nonfinite_step"])
+        message = (
+            f"The training loss or gradient norm became NaN or Inf at step {bad_step} (host loop over steps "
+            f"{start_step + 1}-{bad_step}; mean loss over those steps {outputs['loss']}, mean gradient norm "
+            f"{outputs['gradient_norm']})."
+        )
+        attempts = self.train_config.nan_recovery_attempts
+        if self._nan_recoveries >= attempts:
+            tried = f" after {attempts} recoveries (train.nan_recovery_attempts)" if attempts else ""
+            raise FloatingPointError(
+                f"{message} Stopping{tried}. Lower optimizer.learning_rate, set optimizer.global_clipnorm, or check "
+                f"the input data; the last good checkpoint is in {self.checkpointer.directory}."
+            )
+        restored_step = self.checkpointer.restore_latest()
+        if restored_step is None:
+            raise FloatingPointError(
+                f"{message} train.nan_recovery_attempts = {attempts}, but no checkpoint has been written yet to go "
+                f"back to (train.checkpoint_every_steps = {self.train_config.checkpoint_every_steps})."
+            )
+        self._nan_recoveries += 1
+        logging.warning(
+            "%s Restored the checkpoint of step %d; training continues with the batches after the bad one "
+            "(recovery %d of %d).",
+            message,
+            restored_step,
+            self._nan_recoveries,
+            attempts,
+        )
+
     def _write_operative_config(self, step: int) -> None:
         """Writes the config gin actually used (known only after the first loop built everything)."""
         self._wrote_operative_config = True
@@ -183,6 +250,10 @@ class _Run:
         markdown = "\n".join("    " + line for line in config_text.splitlines())
         summaries.write_text(self.writers.train, "operative_config", markdown, step)
 
+    def averaged_weights(self):
+        """Context in which the model holds the weights to evaluate and export: the EMA averages when kept."""
+        return ema_lib.average_weights(self.ema)
+
     def restore(self, path: str) -> int:
         """Restores the checkpoint prefix `path` (to evaluate it); returns its step."""
         step = self.checkpointer.restore(path)
@@ -193,7 +264,8 @@ class _Run:
         """Evaluates the current weights (from `checkpoint_path`, default the latest saved) on the eval split."""
         checkpoint_path = checkpoint_path or self.checkpointer.latest_checkpoint
         report = self.evaluator.evaluate(self.step, checkpoint_path, checkpoint_path if export_best else None)
-        self.eval_images.write(self.writers.eval, self.model, self.step)
+        with self.averaged_weights():
+            self.eval_images.write(self.writers.eval, self.model, self.step)
         return report
 
 
@@ -208,7 +280,7 @@ def _export_at_end_of_training(state: _Run, export_config: exporter.ExportConfig
             state.input_pipeline,
             export_config,
             state.task,
-            weights_context=None,
+            weights_context=state.averaged_weights,
         )
 
 
@@ -283,7 +355,7 @@ def run(
                 state.input_pipeline,
                 export_config,
                 state.task,
-                weights_context=None,
+                weights_context=state.averaged_weights,
             )
             return None
         restored_step = state.checkpointer.restore_latest()

@@ -1,1 +1,1 @@
-"""Benchmarks: `python -m trainer.bench <name> ...`."""
+"""Benchmarks: `python -m trainer.bench train ...` (training throughput, MFU, overhead) and `... input ...`."""

@@ -1,0 +1,25 @@
+"""`python -m trainer.bench <benchmark> [flags]`; `train` is the training-throughput benchmark."""
+
+import sys
+from collections.abc import Sequence
+
+from trainer.bench import train_throughput
+
+BENCHMARKS = {"train": train_throughput.main}
+
+
+def main(argv: Sequence[str]) -> int:
+    """Dispatches to the benchmark named by the first argument."""
+    if not argv or argv[0] not in BENCHMARKS:
+        received = repr(argv[0]) if argv else "nothing"
+        print(
+            f"usage: python -m trainer.bench {{{', '.join(BENCHMARKS)}}} [flags]; expected a benchmark name, "
+            f"received {received}. Try: python -m trainer.bench train --help",
+            file=sys.stderr,
+        )
+        return 2
+    return BENCHMARKS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

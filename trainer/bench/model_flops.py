@@ -1,0 +1,75 @@
+"""Dense model FLOPs as the architecture defines them: 2 × multiply-adds of every convolution and matmul.
+
+Counted on the traced forward graph, op by op. A dilated convolution counts as the undilated kernel applied at
+every output position (a dilated 3×3 is a 3×3): TensorFlow lowers it on CPU to SpaceToBatchND → Conv2D →
+BatchToSpaceND, whose Conv2D runs on a tensor padded up to a multiple of the rate, so counting that Conv2D's own
+output (as TensorFlow's profiler does) over-counts by the padding; here the positions are read from the
+BatchToSpaceND that crops the result back. Batch norm, activations, resizes and pooling are not counted.
+"""
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+_CONVOLUTIONS = ("Conv2D", "DepthwiseConv2dNative")
+_MATMULS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopCount:
+    """Forward FLOPs for one input image, split by op family."""
+
+    convolution: float
+    matmul: float
+
+    @property
+    def total(self) -> float:
+        return self.convolution + self.matmul
+
+
+def _output_positions(op: tf.Operation) -> int:
+    """N × H × W of a convolution's result as the architecture sees it (after undoing space-to-batch)."""
+    output = op.outputs[0]
+    for consumer in output.consumers():
+        if consumer.type == "BatchToSpaceND":
+            output = consumer.outputs[0]
+            break
+    shape = output.shape.as_list()
+    if None in shape:
+        raise ValueError(f"op {op.name} has a dynamic output shape {shape}; count FLOPs on a fixed input size.")
+    return int(np.prod(shape[:-1]))
+
+
+def _matmul_flops(op: tf.Operation) -> float:
+    a, b = (tensor.shape.as_list() for tensor in op.inputs[:2])
+    if None in a or None in b:
+        raise ValueError(f"op {op.name} has dynamic operand shapes {a}, {b}.")
+    adjoint_a = op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x")
+    adjoint_b = op.get_attr("transpose_b" if op.type == "MatMul" else "adj_y")
+    rows, inner = (a[-1], a[-2]) if adjoint_a else (a[-2], a[-1])
+    columns = b[-2] if adjoint_b else b[-1]
+    batch = max(int(np.prod(a[:-2])), int(np.prod(b[:-2]))) if len(a) > 2 or len(b) > 2 else 1
+    return 2.0 * batch * rows * inner * columns
+
+
+def graph_flops(graph: tf.Graph) -> FlopCount:
+    """Counts convolution and matmul FLOPs of every op in `graph` (static shapes required)."""
+    convolution = matmul = 0.0
+    for op in graph.get_operations():
+        if op.type in _CONVOLUTIONS:
+            kernel_height, kernel_width, in_channels, out_or_multiplier = op.inputs[1].shape.as_list()
+            # Conv2D: out channels; depthwise: channel multiplier, each output channel reads one input channel.
+            macs_per_position = kernel_height * kernel_width * in_channels * out_or_multiplier
+            convolution += 2.0 * _output_positions(op) * macs_per_position
+        elif op.type in _MATMULS:
+            matmul += _matmul_flops(op)
+    return FlopCount(convolution=convolution, matmul=matmul)
+
+
+def forward_flops_per_image(model: keras.Model, height: int, width: int) -> FlopCount:
+    """Forward-pass FLOPs of `model` for one height×width×3 image (inference graph; training runs the same convs)."""
+    forward = tf.function(lambda images: model(images, training=False))
+    concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
+    return graph_flops(concrete.graph)
