@@ -1,11 +1,15 @@
-"""`python -m trainer.bench <benchmark> [flags]`; `train` is the training-throughput benchmark."""
+"""`python -m trainer.bench <benchmark> [flags]`: `train` (training throughput, MFU) or `input` (tf.data throughput)."""
 
 import sys
 from collections.abc import Sequence
 
-from trainer.bench import train_throughput
+from trainer.bench import input_throughput, train_throughput
 
-BENCHMARKS = {"train": train_throughput.main}
+BENCHMARKS = {
+    "train": train_throughput.main,
+    # input_throughput.main parses argv with argparse, program name first.
+    "input": lambda args: input_throughput.main(["python -m trainer.bench input", *args]),
+}
 
 
 def main(argv: Sequence[str]) -> int:
