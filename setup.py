@@ -18,10 +18,17 @@ setup(
         "cloud-tpu-client",
         "numpy",
         "pillow",
+        "psutil",
+        "tqdm",
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
         "dev": ["pytest", "pytest-xdist", "ruff"],
     },
-    entry_points={"console_scripts": ["deeplab-train=trainer.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "deeplab-train=trainer.cli:main",
+            "deeplab-predict=trainer.predict:main",
+        ]
+    },
 )
