@@ -9,10 +9,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import REPO_ROOT, SMOKE_GIN
+from trainer import flops as model_flops
 from trainer.bench import __main__ as bench_main
-from trainer.bench import model_flops, peak, train_throughput
+from trainer.bench import peak, train_throughput
 from trainer.config import parse_gin
-from trainer.tools.model_stats import build_configured_model, model_statistics
+from trainer.tools.model_stats import build_configured_model
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +38,6 @@ def test_dilated_convolutions_count_as_undilated_and_matmuls_as_2mnk():
     expected_convolutions = 2 * 17 * 17 * (3 * 3 * 3 * 8 + 3 * 3 * 8) + 2 * 9 * 9 * 8 * 4
     assert flops.convolution == expected_convolutions
     assert flops.matmul == 2 * 9 * 9 * 4 * 5
-
-
-def test_deeplab_count_is_below_the_profilers_which_counts_padding_and_elementwise_ops():
-    parse_gin([SMOKE_GIN], [])
-    model = build_configured_model(num_classes=5)
-    ours = model_flops.forward_flops_per_image(model, 48, 48).total
-    profiler = model_statistics(model, 48, 48)["gflops_per_image"] * 1e9
-    assert 0.5 * profiler < ours < profiler
 
 
 def test_reference_config_is_deeplab_v3_plus_resnet50_os16():

@@ -25,10 +25,8 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public alias
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-from tensorflow.python.util import deprecation
 
-from trainer import visualize
+from trainer import flops, visualize
 from trainer.config import ConfigError
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
@@ -230,23 +228,8 @@ class InputWaitTimer:
 
 
 def forward_flops(model: keras.Model, height: int, width: int) -> float:
-    """Returns the FLOPs of one forward pass of `model` (inference mode) on a height×width image.
-
-    The same count as `python -m trainer.tools.model_stats` (TensorFlow's profiler on the frozen graph, 2 per
-    multiply-add); that tool defines absl flags at import, so the library cannot import it.
-    """
-    # No autograph: the model call has no Python control flow to convert.
-    forward = tf.function(lambda images: model(images, training=False), autograph=False)
-    concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
-    graph = convert_variables_to_constants_v2(concrete).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    # The v1 profiler is the only FLOP counter TensorFlow ships; its deprecation notice would print on every run.
-    with deprecation.silence():
-        profile = tf.compat.v1.profiler.profile(
-            graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options
-        )
-    return float(profile.total_float_ops)
+    """Returns the FLOPs of one forward pass of `model` on a height×width image (`trainer.flops`' dense count)."""
+    return flops.forward_flops_per_image(model, height, width).total
 
 
 def measure_peak_flops_per_replica(

@@ -10,7 +10,7 @@ For each square crop it builds the configured model, optimizer, loss, precision 
 - time to the first step: the first call of the train loop (tracing, XLA compilation and one step);
 - peak RSS of the process (and the accelerator's peak memory when there is one);
 - model GFLOPs per image: 2 × multiply-adds of every convolution and matmul of the forward pass as the
-  architecture defines it (a dilated 3×3 counts as a 3×3; see `trainer.bench.model_flops`); training = 3 × that
+  architecture defines it (a dilated 3×3 counts as a 3×3; see `trainer.flops`); training = 3 × that
   (forward, and the two gradient convolutions of the backward pass);
 - achieved training FLOP/s and MFU = training FLOPs per example × examples/sec ÷ the machine's dense peak,
   measured in the same run (`trainer.bench.peak`: a chain of `--peak_chain` `--peak_size`² matmuls inside one
@@ -36,10 +36,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import distribute, loop, losses, optim, precision
-from trainer.bench.model_flops import forward_flops_per_image
 from trainer.bench.peak import Peak, matmul_chain_peak
 from trainer.config import ConfigError, TrainConfig, parse_gin
 from trainer.ema import ExponentialMovingAverage
+from trainer.flops import forward_flops_per_image
 from trainer.tools.model_stats import build_configured_model
 
 # Issue #5's bar for a stable median; fewer are accepted (e.g. at 513x513 on a CPU) and flagged in the report.

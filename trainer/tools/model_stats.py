@@ -2,18 +2,17 @@
 
   python -m trainer.tools.model_stats --gin_file=configs/pascal_voc_resnet101_os16.gin --height=513 --width=513
 
-FLOPs are TensorFlow's profiler count for one image in inference mode (2 per multiply-add; a dilated 3×3 conv
-counts as a 3×3 conv; batch norm, activations and resizes are included, so it is a little above the bare
-conv/matmul count).
+FLOPs are the dense architectural count of `trainer.flops` for one image: 2 per multiply-add of every
+convolution and matmul, a dilated 3×3 conv counted as a 3×3 conv (batch norm, activations and resizes are not
+counted). It is the count the benchmark's MFU and TensorBoard's `mfu` use.
 """
 
 import gin
 import tensorflow as tf
 import tf_keras as keras
 from absl import app, flags
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from trainer import train_lib
+from trainer import flops, train_lib
 from trainer.config import ConfigError, parse_gin
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s).")
@@ -25,16 +24,11 @@ _NUM_CLASSES = flags.DEFINE_integer("num_classes", 21, "Number of classes of the
 
 def model_statistics(model: keras.Model, height: int, width: int) -> dict[str, float]:
     """Returns {"parameters", "trainable_parameters", "gflops_per_image"} of `model` on a height×width input."""
-    forward = tf.function(lambda images: model(images, training=False))
-    concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
-    graph = convert_variables_to_constants_v2(concrete).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options["output"] = "none"
-    profile = tf.compat.v1.profiler.profile(graph=graph, run_meta=tf.compat.v1.RunMetadata(), cmd="op", options=options)
+    count = flops.forward_flops_per_image(model, height, width)
     return {
         "parameters": model.count_params(),
         "trainable_parameters": int(sum(tf.size(v).numpy() for v in model.trainable_variables)),
-        "gflops_per_image": profile.total_float_ops / 1e9,
+        "gflops_per_image": count.total / 1e9,
     }
 
 
