@@ -21,6 +21,12 @@ _STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy.",
 )
 _TPU = flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM.")
+_TPU_ZONE = flags.DEFINE_string("tpu_zone", None, "Zone of the TPU named by --tpu (defaults to this VM's).")
+_GCP_PROJECT = flags.DEFINE_string("gcp_project", None, "Project of the TPU named by --tpu (defaults to this VM's).")
+_WORKER_HOSTS = flags.DEFINE_list(
+    "worker_hosts", [], "Every worker's host:port, comma-separated, when TF_CONFIG is not set (multi-worker)."
+)
+_TASK_INDEX = flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts (0 is the chief).")
 _VIRTUAL_CPUS = flags.DEFINE_integer(
     "virtual_cpus",
     0,
@@ -34,8 +40,17 @@ def _main(argv: list[str]) -> None:
     try:
         distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        report = train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=_STRATEGY.value, tpu=_TPU.value)
-    except ConfigError as error:
+        placement = distribute.Placement(
+            tpu=_TPU.value,
+            tpu_zone=_TPU_ZONE.value,
+            gcp_project=_GCP_PROJECT.value,
+            worker_hosts=tuple(_WORKER_HOSTS.value),
+            task_index=_TASK_INDEX.value,
+        )
+        strategy = distribute.create_strategy(_STRATEGY.value, placement)
+        with distribute.lost_workers_reported(strategy):
+            report = train_lib.run(mode=_MODE.value, model_dir=_MODEL_DIR.value, strategy=strategy)
+    except (ConfigError, distribute.WorkerLostError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
     if report is not None:

@@ -226,7 +226,7 @@ def run(
     if not model_dir:
         raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
-        strategy = distribute.create_strategy(strategy, tpu)
+        strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
     train_config = train_config or TrainConfig()
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
