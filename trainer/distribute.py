@@ -290,7 +290,6 @@ def cluster_resolver(placement: Placement) -> tf.distribute.cluster_resolver.Clu
             tf.train.ClusterSpec({"worker": list(placement.worker_hosts)}),
             task_type="worker",
             task_id=placement.task_index,
-            rpc_layer="grpc",
             num_accelerators={"GPU": len(tf.config.list_physical_devices("GPU"))},
         )
     return None
