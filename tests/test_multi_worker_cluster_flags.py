@@ -6,6 +6,7 @@ and checkpoints.
 
 import glob
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -70,3 +71,18 @@ def test_worker_hosts_flags_train_step_for_step_like_tf_config(tmp_path):
         assert len(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))) == 1
         assert len(glob.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*"))) <= 1
         assert sorted(os.listdir(model_dir)) == ["checkpoints", "eval", "operative_config.gin", "train"]
+
+
+def test_a_port_in_use_is_a_config_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        hosts = [f"127.0.0.1:{taken.getsockname()[1]}", f"127.0.0.1:{launch.free_ports(1)[0]}"]
+        flags = cluster_helpers.smoke_flags(str(tmp_path / "data"), str(tmp_path / "run"))
+        worker = cluster_helpers.trainer([*flags, f"--worker_hosts={','.join(hosts)}", "--task_index=0"])
+        assert worker.wait(timeout=120) == 1
+    assert (
+        f"error: --worker_hosts: this worker (/job:worker/task:0) could not listen on the port of its address "
+        f"{hosts[0]} (TensorFlow: Could not start gRPC server). Expected a free port" in worker.output
+    )
+    assert "Traceback" not in worker.output

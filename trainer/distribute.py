@@ -350,9 +350,21 @@ def _multi_worker_strategy(
             service_leader=_coordination_leader(cluster),
             heartbeat_timeout_in_ms=config.heartbeat_timeout_seconds * 1000,
         )
-    return tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=resolver, communication_options=config.communication_options()
-    )
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=resolver, communication_options=config.communication_options()
+        )
+    except tf.errors.UnknownError as error:
+        if "Could not start gRPC server" not in str(error):
+            raise
+        address = cluster[resolver.task_type][resolver.task_id]
+        source = "--worker_hosts" if placement.worker_hosts else "TF_CONFIG"
+        raise ConfigError(
+            f"{source}: this worker (/job:{resolver.task_type}/task:{resolver.task_id}) could not listen on the port "
+            f"of its address {address} (TensorFlow: Could not start gRPC server). Expected a free port: another "
+            "process on this machine holds it (an earlier run still alive?). Stop that process or give this worker "
+            "another port, in every worker's copy of the cluster description."
+        ) from None
 
 
 def _tpu_strategy(placement: Placement) -> tf.distribute.TPUStrategy:
