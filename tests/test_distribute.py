@@ -105,14 +105,14 @@ def test_auto_on_this_machine_is_one_device_on_the_cpu():
 TPU_MESSAGE = re.compile(
     r"--strategy=tpu --tpu=local: no TPU could be reached from this machine \(NotFoundError: TPUs not found in the "
     r"cluster\..*\)\. Expected a TPU: run on a TPU VM with --tpu=local, or name a TPU that exists with "
-    r"--tpu=<name> --tpu_zone=<zone> --gcp_project=<project> .* Without a TPU, use --strategy=auto\.$"
+    r"--tpu=<name> --tpu_zone=<zone> --gcp_project=<project> .* Without a TPU, use --strategy=auto\."
 )
 
 
 def test_tpu_strategy_without_a_tpu_fails_with_the_documented_message():
     with pytest.raises(ConfigError) as error:
         distribute.create_strategy("tpu", Placement(tpu="local"))
-    assert TPU_MESSAGE.match(str(error.value)), str(error.value)
+    assert TPU_MESSAGE.fullmatch(str(error.value)), str(error.value)
     with open(os.path.join(REPO_ROOT, "docs", "clusters.md")) as f:
         assert TPU_MESSAGE.search(f.read().replace("\n", " ")) is not None
 
