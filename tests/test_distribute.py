@@ -93,6 +93,14 @@ def test_auto_picks_what_the_documented_table_says(monkeypatch):
     assert checked >= 20
 
 
+def test_an_evaluator_task_is_not_a_multi_worker_replica(monkeypatch):
+    cluster = {"chief": TWO_WORKERS[:1], "worker": TWO_WORKERS[1:], "evaluator": ["127.0.0.1:20003"]}
+    _set_tf_config(monkeypatch, {"cluster": cluster, "task": {"type": "evaluator", "index": 0}})
+    assert distribute.resolve_strategy_name("auto") is StrategyName.ONE_DEVICE
+    _set_tf_config(monkeypatch, {"cluster": cluster, "task": {"type": "worker", "index": 0}})
+    assert distribute.resolve_strategy_name("auto") is StrategyName.MULTI_WORKER_MIRRORED
+
+
 def test_auto_on_this_machine_is_one_device_on_the_cpu():
     assert not tf.config.list_physical_devices("GPU")
     strategy = distribute.create_strategy("auto")

@@ -299,7 +299,7 @@ def resolve_strategy_name(name: "str | StrategyName", placement: Placement | Non
     """Turns `auto` into the strategy it picks here; other names are returned as they are.
 
     `auto` picks tpu when --tpu is given, multi_worker_mirrored when TF_CONFIG or --worker_hosts name several
-    training workers, mirrored with more than one GPU, else one_device.
+    training workers (and this task is one of them), mirrored with more than one GPU, else one_device.
     """
     name = StrategyName.parse(name)
     if name is not StrategyName.AUTO:
@@ -307,8 +307,11 @@ def resolve_strategy_name(name: "str | StrategyName", placement: Placement | Non
     placement = placement or Placement()
     if placement.tpu:
         return StrategyName.TPU
-    cluster = tf_config().get("cluster") or {"worker": list(placement.worker_hosts)}
-    if _num_training_workers(cluster) > 1:
+    config = tf_config()
+    cluster = config.get("cluster") or {"worker": list(placement.worker_hosts)}
+    # An evaluator beside the cluster evaluates checkpoints on its own devices; it takes no training step.
+    is_training_task = config.get("task", {}).get("type", "worker") in _TRAINING_JOBS
+    if is_training_task and _num_training_workers(cluster) > 1:
         return StrategyName.MULTI_WORKER_MIRRORED
     # Physical, not logical: listing logical devices initialises the runtime, after which
     # MultiWorkerMirrored can no longer configure its collective ops.
