@@ -15,8 +15,9 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-# Private, and the only way: no public API sets the coordination service's heartbeat timeout, which is what
-# turns a dead worker into an error on the others instead of a hang.
+# Private, and the only way (what MultiWorkerMirroredStrategy itself uses): no public API sets the coordination
+# service's heartbeat timeout, which is what turns a dead worker into an error on the others instead of a hang.
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.eager import context as eager_context
 
 from trainer.config import ConfigError, FlagEnum
@@ -352,6 +353,12 @@ def _multi_worker_strategy(
             service_type="standalone",
             service_leader=_coordination_leader(cluster),
             heartbeat_timeout_in_ms=config.heartbeat_timeout_seconds * 1000,
+            # Only training tasks: an evaluator beside the cluster never joins, and must not be waited for.
+            coordinated_jobs=[
+                coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))
+                for job in _TRAINING_JOBS
+                if job in cluster
+            ],
         )
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(
