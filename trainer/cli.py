@@ -35,6 +35,12 @@ _PROFILE_STEPS = flags.DEFINE_string(
     "START,END: capture a TensorBoard profiler trace of these global steps into model_dir/train (rounded out to "
     "whole host loops of train.steps_per_loop steps; view with tensorboard-plugin-profile).",
 )
+_TPU_ZONE = flags.DEFINE_string("tpu_zone", None, "Zone of the TPU named by --tpu (defaults to this VM's).")
+_GCP_PROJECT = flags.DEFINE_string("gcp_project", None, "Project of the TPU named by --tpu (defaults to this VM's).")
+_WORKER_HOSTS = flags.DEFINE_list(
+    "worker_hosts", [], "Every worker's host:port, comma-separated, when TF_CONFIG is not set (multi-worker)."
+)
+_TASK_INDEX = flags.DEFINE_integer("task_index", None, "This worker's index in --worker_hosts (0 is the chief).")
 _VIRTUAL_CPUS = flags.DEFINE_integer(
     "virtual_cpus",
     0,
@@ -48,15 +54,23 @@ def _main(argv: list[str]) -> None:
     try:
         distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        report = train_lib.run(
-            mode=_MODE.value,
-            model_dir=_MODEL_DIR.value,
-            strategy=_STRATEGY.value,
+        placement = distribute.Placement(
             tpu=_TPU.value,
-            checkpoint=_CHECKPOINT.value,
-            profile_steps=_PROFILE_STEPS.value,
+            tpu_zone=_TPU_ZONE.value,
+            gcp_project=_GCP_PROJECT.value,
+            worker_hosts=tuple(_WORKER_HOSTS.value),
+            task_index=_TASK_INDEX.value,
         )
-    except (ConfigError, CheckpointWriteError, FloatingPointError) as error:
+        strategy = distribute.create_strategy(_STRATEGY.value, placement)
+        with distribute.lost_workers_reported(strategy):
+            report = train_lib.run(
+                mode=_MODE.value,
+                model_dir=_MODEL_DIR.value,
+                strategy=strategy,
+                checkpoint=_CHECKPOINT.value,
+                profile_steps=_PROFILE_STEPS.value,
+            )
+    except (ConfigError, CheckpointWriteError, FloatingPointError, distribute.WorkerLostError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
     except Preempted as preempted:

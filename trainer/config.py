@@ -62,7 +62,8 @@ class TrainConfig:
 
     `l2_weight_decay` adds `l2_weight_decay * sum(w**2)` over convolution kernels to the loss (SGD and Adam; 0
     with AdamW, which decays by `optimizer.weight_decay`); `jit_compile` compiles each replica's forward and
-    backward pass with XLA. `precision`: float32, mixed_float16 (loss scaling) or mixed_bfloat16.
+    backward pass with XLA. `precision`: float32, mixed_float16 (loss scaling) or mixed_bfloat16. Unset,
+    `steps_per_loop` and `precision` follow the strategy: 500 and mixed_bfloat16 on TPU, 50 and float32 elsewhere.
     `gradient_accumulation_steps` splits each replica's batch into that many sequential micro-batches.
     `ema_decay` keeps an exponential moving average of the weights (e.g. 0.9998; None: none), used for
     evaluation and export. `summary_every` > 0 also records per-step scalars inside the host loop every that many
@@ -73,14 +74,14 @@ class TrainConfig:
 
     steps: int = 1000
     global_batch_size: int = 16
-    steps_per_loop: int = 50
+    steps_per_loop: int | None = None
     checkpoint_every_steps: int = 500
     max_checkpoints_to_keep: int = 3
     l2_weight_decay: float = 1e-4
     seed: int = 0
     jit_compile: bool = False
     deterministic: bool = False
-    precision: str = "float32"
+    precision: str | None = None
     gradient_accumulation_steps: int = 1
     ema_decay: float | None = None
     summary_every: int = 0
@@ -88,7 +89,8 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("steps", "global_batch_size", "steps_per_loop", "checkpoint_every_steps"):
-            _check_positive(f"train.{name}", getattr(self, name))
+            if name != "steps_per_loop" or self.steps_per_loop is not None:
+                _check_positive(f"train.{name}", getattr(self, name))
         _check_positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
         for name in ("summary_every", "nan_recovery_attempts"):
             value = getattr(self, name)

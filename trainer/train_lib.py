@@ -3,6 +3,7 @@
 Everything a run does is reachable from this function, so a test or a notebook can call it directly.
 """
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +40,15 @@ def _write_atomically(path: str, text: str) -> None:
     with tf.io.gfile.GFile(temporary, "w") as f:
         f.write(text)
     tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def with_strategy_defaults(train_config: TrainConfig, strategy: tf.distribute.Strategy) -> TrainConfig:
+    """Fills `train.steps_per_loop` and `train.precision` left unset with the strategy's defaults."""
+    return dataclasses.replace(
+        train_config,
+        steps_per_loop=train_config.steps_per_loop or distribute.default_steps_per_loop(strategy),
+        precision=train_config.precision or distribute.default_precision(strategy),
+    )
 
 
 class _Run:
@@ -321,8 +331,8 @@ def run(
     if not model_dir:
         raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
-        strategy = distribute.create_strategy(strategy, tpu)
-    train_config = train_config or TrainConfig()
+        strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
+    train_config = with_strategy_defaults(train_config or TrainConfig(), strategy)
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
     export_config = export_config or exporter.ExportConfig()

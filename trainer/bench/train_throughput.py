@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import distribute, loop, losses, optim, precision
+from trainer import distribute, loop, losses, optim, precision, train_lib
 from trainer.bench.peak import Peak, matmul_chain_peak
 from trainer.config import ConfigError, TrainConfig, parse_gin
 from trainer.ema import ExponentialMovingAverage
@@ -326,9 +326,9 @@ def main(argv: Sequence[str]) -> int:
     """Runs the benchmark for every `--crop`; prints the report (and writes `--output_json`). Returns 0."""
     args = _parse_args(argv)
     parse_gin(args.config, args.gin_bindings)
-    train_config = TrainConfig()
-    run_precision = precision.parse(train_config.precision)
     strategy = distribute.create_strategy(args.strategy)
+    train_config = train_lib.with_strategy_defaults(TrainConfig(), strategy)
+    run_precision = precision.parse(train_config.precision)
 
     peaks = {}
     for dtype in dict.fromkeys([tf.float32, tf.bfloat16, _PEAK_DTYPES[run_precision]]):
