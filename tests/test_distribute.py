@@ -43,7 +43,7 @@ def _fake_gpus(monkeypatch, count: int) -> None:
 
 
 def _auto_table() -> list[tuple[str, str, str, str]]:
-    with open(os.path.join(REPO_ROOT, "docs", "clusters.md")) as f:
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
         text = f.read()
     table = text.split("<!-- auto-strategy-table -->")[1].split("<!-- /auto-strategy-table -->")[0]
     lines = [line.strip() for line in table.splitlines() if line.strip().startswith("|")]
@@ -109,7 +109,7 @@ def test_auto_on_this_machine_is_one_device_on_the_cpu():
     assert distribute.task_info(strategy).is_chief
 
 
-# The documented message (docs/clusters.md, "Cloud TPU"); the part in brackets is TensorFlow's own.
+# The documented message (README.md, "Cloud TPU"); the part in brackets is TensorFlow's own.
 TPU_MESSAGE = re.compile(
     r"--strategy=tpu --tpu=local: no TPU could be reached from this machine \(NotFoundError: TPUs not found in the "
     r"cluster\..*\)\. Expected a TPU: run on a TPU VM with --tpu=local, or name a TPU that exists with "
@@ -121,7 +121,7 @@ def test_tpu_strategy_without_a_tpu_fails_with_the_documented_message():
     with pytest.raises(ConfigError) as error:
         distribute.create_strategy("tpu", Placement(tpu="local"))
     assert TPU_MESSAGE.fullmatch(str(error.value)), str(error.value)
-    with open(os.path.join(REPO_ROOT, "docs", "clusters.md")) as f:
+    with open(os.path.join(REPO_ROOT, "README.md")) as f:
         assert TPU_MESSAGE.search(f.read().replace("\n", " ")) is not None
 
 
