@@ -70,7 +70,13 @@ def test_worker_hosts_flags_train_step_for_step_like_tf_config(tmp_path):
         # checkpoints/ (the other worker's temporary copies are gone).
         assert len(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))) == 1
         assert len(glob.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*"))) <= 1
-        assert sorted(os.listdir(model_dir)) == ["checkpoints", "eval", "operative_config.gin", "train"]
+        assert sorted(os.listdir(model_dir)) == [
+            "checkpoints",
+            "eval",
+            "manifest.json",
+            "operative_config.gin",
+            "train",
+        ]
 
 
 def test_a_port_in_use_is_a_config_error(tmp_path):

@@ -97,9 +97,9 @@ def test_under_the_launcher_the_job_restarts_and_finishes_at_the_right_step(tmp_
     assert "[launch] attempt 2:" in output and "[launch] attempt 3:" not in output
     # The restarted workers resumed from a checkpoint (step 8 or later), not from scratch, and finished.
     after_restart = output.split("[launch] attempt 2:")[1]
-    for index in range(2):
-        logged = [int(s) for s in re.findall(rf"\[worker {index}\] .*step (\d+)/{steps} ", after_restart)]
-        assert logged[0] >= 10 and logged[-1] == steps, logged
+    # Only the chief (worker 0) prints progress lines; the other worker logs at warning level.
+    logged = [int(s) for s in re.findall(rf"\[worker 0\] .*step (\d+)/{steps} ", after_restart)]
+    assert logged[0] >= 10 and logged[-1] == steps, logged
     assert output.rstrip().endswith("[launch] all 2 workers finished")
     reader = tf.train.load_checkpoint(str(model_dir / "checkpoints"))
     assert int(reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")) == steps

@@ -22,6 +22,16 @@ CHECKPOINT_SUBDIR = "checkpoints"
 _MAX_LISTED_MISMATCHES = 20
 
 
+# Saving reads the variables, which under MultiWorkerMirrored runs collectives: these errors mean a worker or
+# collective failed during the save, not the disk.
+_DISTRIBUTED_FAILURES = (
+    tf.errors.UnavailableError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+    tf.errors.DeadlineExceededError,
+)
+
+
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
 
@@ -187,6 +197,8 @@ class Checkpointer:
         tf.io.gfile.makedirs(self._write_directory)
         try:
             path = self._manager.save(checkpoint_number=step)
+        except _DISTRIBUTED_FAILURES:
+            raise  # a lost worker or aborted collective, not a write failure: reported as such upstream
         except (tf.errors.OpError, OSError) as error:
             self._remove_partial_files(step)
             previous = self._manager.latest_checkpoint

@@ -63,9 +63,10 @@ class _Run:
         train_config: TrainConfig,
         eval_config: EvalConfig,
         input_pipeline: InputPipeline,
-        mode: Mode,
+        mode: Mode = Mode.TRAIN_AND_EVAL,
         profile_steps: tuple[int, int] | None = None,
     ):
+        train_config = with_strategy_defaults(train_config, strategy)
         self.model_dir = model_dir
         self.strategy = strategy
         self.info = dataset_info
