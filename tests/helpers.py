@@ -7,6 +7,8 @@ import gin
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from trainer import train_lib  # also registers every gin configurable the smoke config binds
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_GIN = os.path.join(REPO_ROOT, "configs", "smoke.gin")
 
@@ -54,3 +56,16 @@ def mirrored_strategy() -> tf.distribute.MirroredStrategy:
 def one_device_strategy() -> tf.distribute.OneDeviceStrategy:
     """One OneDeviceStrategy on the first test CPU."""
     return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def smoke_run_state(model_dir: str, train_config, strategy: tf.distribute.Strategy | None = None, eval_batch: int = 4):
+    """A `train_lib._Run` of the parsed (smoke) gin config, for tests that drive training and evaluation by hand."""
+    return train_lib._Run(
+        model_dir,
+        strategy or one_device_strategy(),
+        train_lib.synthetic_shapes(),
+        train_lib.DeepLabV3Plus,
+        train_config,
+        train_lib.EvalConfig(global_batch_size=eval_batch),
+        train_lib.InputPipeline(),
+    )

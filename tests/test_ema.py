@@ -6,12 +6,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config
+from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, smoke_run_state
 from trainer import ema as ema_lib
-from trainer import loop, optim, train_lib
-from trainer.config import ConfigError, EvalConfig, TrainConfig
-from trainer.data.pipeline import InputPipeline
-from trainer.data.synthetic import synthetic_shapes
+from trainer import loop, optim
+from trainer.config import ConfigError, TrainConfig
 from trainer.models import DeepLabV3Plus, ResNet
 
 
@@ -112,15 +110,7 @@ def test_evaluation_uses_the_averaged_weights_and_checkpoints_keep_them(tmp_path
     parse_smoke_config(str(tmp_path / "data"))
     model_dir = str(tmp_path / "run")
     train_config = TrainConfig(steps=3, global_batch_size=4, steps_per_loop=3, ema_decay=0.5)
-    state = train_lib._Run(
-        model_dir,
-        one_device_strategy(),
-        synthetic_shapes(),
-        DeepLabV3Plus,
-        train_config,
-        EvalConfig(global_batch_size=4),
-        InputPipeline(),
-    )
+    state = smoke_run_state(model_dir, train_config)
     try:
         state.train_until(3)
         with_average = state.evaluate()

@@ -66,13 +66,11 @@ def test_worker_hosts_flags_train_step_for_step_like_tf_config(tmp_path):
         np.testing.assert_array_equal(weights_flags[name], value, err_msg=name)
 
     for model_dir in (from_env, from_flags):
-        # The chief alone writes: one event file per stream, the operative config, checkpoints only in
-        # checkpoints/ (the other worker's temporary copies are gone).
+        # The chief alone writes: one train event file (a train job has no eval stream), the operative config,
+        # the manifest, checkpoints only in checkpoints/ (the other worker's temporary copies are gone).
         assert len(glob.glob(os.path.join(model_dir, "train", "events.out.tfevents.*"))) == 1
-        assert len(glob.glob(os.path.join(model_dir, "eval", "events.out.tfevents.*"))) <= 1
         assert sorted(os.listdir(model_dir)) == [
             "checkpoints",
-            "eval",
             "manifest.json",
             "operative_config.gin",
             "train",

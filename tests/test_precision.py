@@ -8,11 +8,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events
-from trainer import loop, optim, precision, train_lib
-from trainer.config import ConfigError, EvalConfig, TrainConfig
-from trainer.data.pipeline import InputPipeline
-from trainer.data.synthetic import synthetic_shapes
+from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, smoke_run_state
+from trainer import loop, optim, precision
+from trainer.config import ConfigError, TrainConfig
 from trainer.models import DeepLabV3Plus, ResNet
 
 
@@ -92,15 +90,7 @@ def test_train_lib_builds_the_model_under_the_configured_precision(tmp_path, pol
     train_config = TrainConfig(
         steps=3, global_batch_size=4, steps_per_loop=3, precision=policy, jit_compile=jit_compile, summary_every=1
     )
-    state = train_lib._Run(
-        model_dir,
-        one_device_strategy(),
-        synthetic_shapes(),
-        DeepLabV3Plus,
-        train_config,
-        EvalConfig(global_batch_size=4),
-        InputPipeline(),
-    )
+    state = smoke_run_state(model_dir, train_config)
     try:
         assert state.model.backbone.compute_dtype == compute_dtype
         state.train_until(3)
