@@ -69,3 +69,18 @@ def smoke_run_state(model_dir: str, train_config, strategy: tf.distribute.Strate
         train_lib.EvalConfig(global_batch_size=eval_batch),
         train_lib.InputPipeline(),
     )
+
+
+def tiny_deeplab(num_classes: int = 3):
+    """A DeepLabV3+ small enough for unit tests (ResNet of one block per stage, width 4, no dropout)."""
+    from trainer.models import DeepLabV3Plus, ResNet
+
+    return DeepLabV3Plus(
+        num_classes,
+        backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
+        aspp_filters=8,
+        aspp_rates=(1, 2, 3),
+        aspp_dropout_rate=0.0,
+        low_level_filters=4,
+        decoder_filters=8,
+    )

@@ -6,11 +6,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, smoke_run_state
+from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, smoke_run_state, tiny_deeplab
 from trainer import ema as ema_lib
 from trainer import loop, optim
 from trainer.config import ConfigError, TrainConfig
-from trainer.models import DeepLabV3Plus, ResNet
 
 
 @pytest.fixture(autouse=True)
@@ -54,24 +53,12 @@ def test_decay_outside_the_open_interval_is_a_config_error():
         ema_lib.ExponentialMovingAverage([tf.Variable(1.0)], decay=1.0)
 
 
-def _tiny_model():
-    return DeepLabV3Plus(
-        3,
-        backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
-        aspp_filters=8,
-        aspp_rates=(1, 2, 3),
-        aspp_dropout_rate=0.0,
-        low_level_filters=4,
-        decoder_filters=8,
-    )
-
-
 @pytest.mark.parametrize("strategy_fn", [one_device_strategy, mirrored_strategy], ids=["one_device", "mirrored"])
 def test_train_loop_updates_the_average_of_every_weight_and_batch_norm_statistic(strategy_fn):
     strategy = strategy_fn()
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = _tiny_model()
+        model = tiny_deeplab(3)
         model(tf.zeros([1, 32, 32, 3]))
         optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.05)
         global_step = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

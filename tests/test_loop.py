@@ -6,10 +6,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import one_device_strategy, scalar_events
+from tests.helpers import one_device_strategy, scalar_events, tiny_deeplab
 from trainer import loop, losses, optim
 from trainer.config import ConfigError
-from trainer.models import DeepLabV3Plus, ResNet
 
 NUM_CLASSES = 3
 SIZE = 32
@@ -20,18 +19,6 @@ def _clear_gin():
     gin.clear_config()
     yield
     gin.clear_config()
-
-
-def _tiny_model():
-    return DeepLabV3Plus(
-        NUM_CLASSES,
-        backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
-        aspp_filters=8,
-        aspp_rates=(1, 2, 3),
-        aspp_dropout_rate=0.0,
-        low_level_filters=4,
-        decoder_filters=8,
-    )
 
 
 def _examples(count, seed=0):
@@ -45,7 +32,7 @@ def _examples(count, seed=0):
 def _build(strategy, initial_weights=None, **optimizer_args):
     keras.utils.set_random_seed(0)
     with strategy.scope():
-        model = _tiny_model()
+        model = tiny_deeplab(NUM_CLASSES)
         model(tf.zeros([1, SIZE, SIZE, 3]))
         if initial_weights is not None:
             model.set_weights(initial_weights)

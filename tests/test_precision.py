@@ -8,10 +8,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, smoke_run_state
+from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, smoke_run_state, tiny_deeplab
 from trainer import loop, optim, precision
 from trainer.config import ConfigError, TrainConfig
-from trainer.models import DeepLabV3Plus, ResNet
 
 
 @pytest.fixture(autouse=True)
@@ -22,18 +21,6 @@ def _clear_gin():
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-def _tiny_model():
-    return DeepLabV3Plus(
-        3,
-        backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
-        aspp_filters=8,
-        aspp_rates=(1, 2, 3),
-        aspp_dropout_rate=0.0,
-        low_level_filters=4,
-        decoder_filters=8,
-    )
-
-
 def test_unknown_precision_names_the_binding():
     with pytest.raises(ConfigError, match=r"train.precision: expected one of \{float32, mixed_float16, mixed_bfloat16"):
         precision.parse("bfloat16")
@@ -41,7 +28,7 @@ def test_unknown_precision_names_the_binding():
 
 def test_policy_scope_reaches_the_layers_built_inside_and_is_restored():
     with precision.policy_scope("mixed_bfloat16"):
-        model = _tiny_model()
+        model = tiny_deeplab(3)
     model(tf.zeros([1, 32, 32, 3]))
     assert keras.mixed_precision.global_policy().name == "float32"
     assert model.backbone.compute_dtype == "bfloat16"
@@ -54,7 +41,7 @@ def test_mixed_float16_trains_with_a_dynamic_loss_scale_and_skips_overflowing_st
     keras.utils.set_random_seed(0)
     with strategy.scope():
         with precision.policy_scope("mixed_float16"):
-            model = _tiny_model()
+            model = tiny_deeplab(3)
             model(tf.zeros([1, 32, 32, 3]))
         # A start scale of 2**40 overflows float16 gradients on purpose: the optimizer must skip those updates and
         # halve the scale until the gradients fit, without the NaN guard firing (the loss itself stays finite).
