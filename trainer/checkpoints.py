@@ -55,13 +55,16 @@ def describe_mismatch(checkpoint: tf.train.Checkpoint, path: str) -> str:
         expected = _variable_shapes(checkpoint.write(os.path.join(scratch, "probe")))
     found = _variable_shapes(path)
     lines = []
-    for key in sorted(expected.keys() - found.keys()):
-        lines.append(f"  missing from the checkpoint: {key} {expected[key]}")
-    for key in sorted(found.keys() - expected.keys()):
-        lines.append(f"  not in this model: {key} {found[key]}")
     for key in sorted(expected.keys() & found.keys()):
         if list(expected[key]) != list(found[key]):
             lines.append(f"  shape differs: {key} model {expected[key]}, checkpoint {found[key]}")
+    for key in sorted(expected.keys() - found.keys()):
+        lines.append(f"  missing from the checkpoint: {key} {expected[key]}")
+    for key in sorted(found.keys() - expected.keys()):
+        # A model that has not trained yet has no optimizer slots (they are made at the first update), so the
+        # checkpoint's slots say nothing about a mismatch.
+        if not key.startswith("optimizer/"):
+            lines.append(f"  not in this model: {key} {found[key]}")
     if len(lines) > _MAX_LISTED_MISMATCHES:
         lines = lines[:_MAX_LISTED_MISMATCHES] + [f"  ... and {len(lines) - _MAX_LISTED_MISMATCHES} more"]
     return "\n".join(lines)

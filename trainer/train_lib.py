@@ -333,7 +333,7 @@ def run(
         raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
         strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
-    train_config = with_strategy_defaults(train_config or TrainConfig(), strategy)
+    train_config = train_config or TrainConfig()  # strategy defaults are filled in by _Run
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
     export_config = export_config or exporter.ExportConfig()
