@@ -28,11 +28,11 @@ test: install
 
 # Training throughput, MFU and trainer overhead of the reference config (minutes on a CPU; quiet machine wanted).
 bench: install
-	$(PYTHON) -m trainer.bench train --config=$(BENCH_CONFIG) $(BENCH_ARGS)
+	$(PYTHON) -m devtools.bench train --config=$(BENCH_CONFIG) $(BENCH_ARGS)
 
 # Decoded + augmented training examples/sec of VOC-like JPEGs at crop 513, with 1 and 2 input threads.
 bench-input: install
-	$(PYTHON) -m trainer.bench input
+	$(PYTHON) -m devtools.bench input
 
 lint: install
 	$(VENV)/bin/ruff check .

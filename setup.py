@@ -28,7 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "deeplab-train=trainer.cli:main",
-            "deeplab-predict=trainer.predict:main",
+            "deeplab-predict=trainer.serving.predict:main",
         ]
     },
 )

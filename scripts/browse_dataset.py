@@ -22,7 +22,7 @@ from trainer import (
     train_lib,  # noqa: F401  (registers every configurable a gin file may name)
     visualize,
 )
-from trainer.config import ConfigError, parse_gin
+from trainer.core.config import ConfigError, parse_gin
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 

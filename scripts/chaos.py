@@ -16,7 +16,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer.tools import chaos  # noqa: E402
+from devtools import chaos  # noqa: E402
 
 _TRIALS = flags.DEFINE_integer("trials", 20, "Number of trials.")
 _STEPS = flags.DEFINE_integer("steps", 12, "Training steps of each run.")

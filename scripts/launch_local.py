@@ -5,7 +5,7 @@
 
 Everything after `--` goes to every worker (`python -m trainer ...`); each worker gets its TF_CONFIG on free
 127.0.0.1 ports, its output is prefixed with `[worker i]`, and the exit code is the job's (0 when every worker
-finished). The logic lives in `trainer.launch`.
+finished). The logic lives in `trainer.cluster.launch`.
 """
 
 import os
@@ -16,7 +16,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer import launch  # noqa: E402
-from trainer.config import ConfigError  # noqa: E402
+from trainer.core.config import ConfigError  # noqa: E402
 
 _WORKERS = flags.DEFINE_integer("workers", 2, "Number of local worker processes.")
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "How many times to restart all workers after a failure.")

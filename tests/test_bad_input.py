@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests.helpers import REPO_ROOT, SMOKE_GIN, mirrored_strategy, one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data import schema
 
 pytestmark = pytest.mark.slow

@@ -8,11 +8,12 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from devtools.bench import __main__ as bench_main
+from devtools.bench import train_throughput
 from tests.helpers import REPO_ROOT, SMOKE_GIN
-from trainer import flops as model_flops
-from trainer.bench import __main__ as bench_main
-from trainer.bench import peak, train_throughput
-from trainer.config import parse_gin
+from trainer.core.config import parse_gin
+from trainer.observe import flops as model_flops
+from trainer.observe import peak
 from trainer.tools.model_stats import build_configured_model
 
 

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO_ROOT, SMOKE_GIN
-from trainer import visualize
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
+from trainer.observe import visualize
 
 SMOKE_CROP = 48  # configs/smoke.gin
 

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO_ROOT
-from trainer.checkpoints import Checkpointer
-from trainer.config import ConfigError
-from trainer.distribute import TaskInfo
+from trainer.cluster.distribute import TaskInfo
+from trainer.core.config import ConfigError
+from trainer.storage.checkpoints import Checkpointer
 
 CHIEF = TaskInfo(task_type=None, task_id=0, is_chief=True)
 
@@ -105,8 +105,8 @@ def test_a_checkpoint_of_another_model_lists_the_mismatched_variables(tmp_path):
 _DISK_FULL_SCRIPT = """
 import resource, signal, sys
 import tensorflow as tf
-from trainer.checkpoints import Checkpointer, CheckpointWriteError
-from trainer.distribute import TaskInfo
+from trainer.storage.checkpoints import Checkpointer, CheckpointWriteError
+from trainer.cluster.distribute import TaskInfo
 
 step = tf.Variable(0, dtype=tf.int64)
 weights = tf.Variable(tf.ones([64, 64]))

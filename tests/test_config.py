@@ -4,8 +4,8 @@ import gin
 import pytest
 
 from trainer import train_lib  # noqa: F401  (registers every configurable)
-from trainer.config import ConfigError, Mode, TrainConfig, parse_gin
-from trainer.distribute import StrategyName
+from trainer.cluster.distribute import StrategyName
+from trainer.core.config import ConfigError, Mode, TrainConfig, parse_gin
 
 
 @pytest.fixture(autouse=True)

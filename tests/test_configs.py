@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO_ROOT
-from trainer.config import parse_gin
+from trainer.core.config import parse_gin
 from trainer.models import DeepLabV3, DeepLabV3Plus, MobileNetV2, ResNet, Xception65
 from trainer.tools.model_stats import build_configured_model
 

@@ -12,9 +12,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import REPO_ROOT, mirrored_strategy
-from trainer import distribute, loop, optim
-from trainer.config import ConfigError
-from trainer.distribute import MirroredConfig, MultiWorkerConfig, Placement, StrategyName
+from trainer.cluster import distribute
+from trainer.cluster.distribute import MirroredConfig, MultiWorkerConfig, Placement, StrategyName
+from trainer.core import loop, optim
+from trainer.core.config import ConfigError
 
 TWO_WORKERS = ["127.0.0.1:20001", "127.0.0.1:20002"]
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy
-from trainer import loop, losses, optim
-from trainer.ema import ExponentialMovingAverage
+from trainer.core import loop, losses, optim
+from trainer.core.ema import ExponentialMovingAverage
 from trainer.models import DeepLabV3Plus, ResNet
 
 NUM_CLASSES = 4

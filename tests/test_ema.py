@@ -7,9 +7,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, smoke_run_state, tiny_deeplab
-from trainer import ema as ema_lib
-from trainer import loop, optim
-from trainer.config import ConfigError, TrainConfig
+from trainer.core import ema as ema_lib
+from trainer.core import loop, optim
+from trainer.core.config import ConfigError, TrainConfig
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, scalar_events
-from trainer import evaluation, metrics, train_lib
-from trainer.config import ConfigError, EvalConfig
+from trainer import train_lib
+from trainer.cluster.distribute import TaskInfo
+from trainer.core import evaluation, metrics
+from trainer.core.config import ConfigError, EvalConfig
+from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
-from trainer.distribute import TaskInfo
-from trainer.inference import InferenceConfig, predict_logits
 from trainer.models import DeepLabV3Plus, ResNet
 
 NUM_EVAL_EXAMPLES = 5  # not a multiple of the global batch: the last batch is padded

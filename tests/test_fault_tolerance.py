@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
+from devtools import chaos
 from tests.helpers import REPO_ROOT, SMOKE_GIN
-from trainer.preemption import EXIT_CODE_PREEMPTED
-from trainer.tools import chaos
+from trainer.cluster.preemption import EXIT_CODE_PREEMPTED
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 

@@ -22,7 +22,7 @@ LOCAL_FILE_API = re.compile(
 KNOWN_LOCAL_ONLY = {"trainer/models/pretrained.py": 1}
 # Tools that run on the local machine by design: benchmarks writing scratch data and logs to a temporary directory,
 # and the chaos harness following its local child processes' logs.
-LOCAL_TOOLS = ("trainer/bench/", "trainer/tools/chaos.py")
+LOCAL_TOOLS = ("devtools/bench/", "devtools/chaos.py")
 
 
 def test_the_trainer_reads_and_writes_paths_through_gfile_only():

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import inference
-from trainer.config import ConfigError
-from trainer.inference import InferenceConfig, predict_logits, slide_logits
+from trainer.core import inference
+from trainer.core.config import ConfigError
+from trainer.core.inference import InferenceConfig, predict_logits, slide_logits
 
 NUM_CLASSES = 3
 

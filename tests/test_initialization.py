@@ -7,8 +7,8 @@ import tensorflow as tf
 
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.config import ConfigError
-from trainer.initialization import initialize_model
+from trainer.core.config import ConfigError
+from trainer.core.initialization import initialize_model
 from trainer.models import DeepLabV3Plus, ResNet
 
 

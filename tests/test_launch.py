@@ -12,8 +12,8 @@ import textwrap
 import pytest
 
 from tests.helpers import REPO_ROOT
-from trainer import launch
-from trainer.config import ConfigError
+from trainer.cluster import launch
+from trainer.core.config import ConfigError
 
 # Stands in for `python -m trainer`: records its TF_CONFIG, then behaves as --plan says for (attempt, index):
 # "ok" exits 0, "fail" exits 3, "hang" sleeps until killed. The attempt is counted in --state.

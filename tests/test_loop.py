@@ -7,8 +7,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import one_device_strategy, scalar_events, tiny_deeplab
-from trainer import loop, losses, optim
-from trainer.config import ConfigError
+from trainer.core import loop, losses, optim
+from trainer.core.config import ConfigError
 
 NUM_CLASSES = 3
 SIZE = 32

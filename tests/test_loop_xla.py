@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import one_device_strategy
-from trainer import loop, optim
+from trainer.core import loop, optim
 from trainer.models import DeepLabV3Plus, MobileNetV2, ResNet, Xception65
 
 BACKBONES = {

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import losses
-from trainer.config import ConfigError
+from trainer.core import losses
+from trainer.core.config import ConfigError
 
 
 def test_ignored_pixels_contribute_nothing():

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import mirrored_strategy, one_device_strategy, text_tags
-from trainer import distribute, manifest
+from trainer.cluster import distribute
+from trainer.observe import manifest
 
 
 def test_manifest_names_the_strategy_replicas_devices_and_software(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import metrics
+from trainer.core import metrics
 
 IGNORE = 255
 

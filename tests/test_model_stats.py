@@ -4,7 +4,7 @@ import gin
 import pytest
 import tf_keras as keras
 
-from trainer.config import parse_gin
+from trainer.core.config import parse_gin
 from trainer.models import DeepLabV3
 from trainer.tools.model_stats import build_configured_model, model_statistics
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tests import cluster_helpers
 from tests.helpers import REPO_ROOT
-from trainer import launch
+from trainer.cluster import launch
 
 pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
 

@@ -13,7 +13,8 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.helpers import mirrored_strategy, parse_smoke_config, scalar_events, text_tags
-from trainer import train_lib, visualize
+from trainer import train_lib
+from trainer.observe import visualize
 
 pytestmark = pytest.mark.slow
 

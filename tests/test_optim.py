@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import optim
-from trainer.config import ConfigError
+from trainer.core import optim
+from trainer.core.config import ConfigError
 
 
 def test_schedule_warms_up_linearly_then_decays_polynomially():

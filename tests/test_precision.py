@@ -9,8 +9,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, smoke_run_state, tiny_deeplab
-from trainer import loop, optim, precision
-from trainer.config import ConfigError, TrainConfig
+from trainer.core import loop, optim, precision
+from trainer.core.config import ConfigError, TrainConfig
 
 
 @pytest.fixture(autouse=True)

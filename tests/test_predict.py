@@ -1,4 +1,4 @@
-"""trainer.predict: label PNGs whose class ids are the model's argmax, from a SavedModel or a model_dir."""
+"""trainer.serving.predict: label PNGs whose class ids are the model's argmax, from a SavedModel or a model_dir."""
 
 import os
 import subprocess
@@ -11,10 +11,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import REPO_ROOT, one_device_strategy, parse_smoke_config
-from trainer import predict, train_lib
-from trainer.config import ConfigError
-from trainer.inference import InferenceConfig, predict_logits
+from trainer import train_lib
+from trainer.core.config import ConfigError
+from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.models import DeepLabV3Plus
+from trainer.serving import predict
 
 NUM_CLASSES = 4
 IMAGE_SIZES = {"first.png": (20, 28), "second.jpg": (33, 17)}
@@ -141,7 +142,7 @@ def test_command_line_on_a_model_dir_predicts_the_restored_models_argmax(tmp_pat
         [
             sys.executable,
             "-m",
-            "trainer.predict",
+            "trainer.serving.predict",
             f"--model={model_dir}",
             f"--images={tmp_path / 'images' / '*.png'}",
             f"--output_dir={tmp_path / 'out'}",

@@ -6,7 +6,7 @@ import re
 import pytest
 from absl import logging
 
-from trainer import progress
+from trainer.observe import progress
 
 
 class _Clock:

@@ -9,9 +9,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy
-from trainer import summaries
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models import DeepLabV3Plus, ResNet
+from trainer.observe import summaries
 from trainer.tools.model_stats import model_statistics
 
 SLEEP_SECONDS = 0.02
@@ -31,7 +31,7 @@ def _tiny_model():
 
 
 def _counting_loop(strategy):
-    """A stand-in for the train loop: `next(iterator)` inside a tf.function over tf.range, like trainer.loop."""
+    """A stand-in for the train loop: `next(iterator)` inside a tf.function over tf.range, like trainer.core.loop."""
 
     @tf.function
     def train_loop(iterator, num_steps):

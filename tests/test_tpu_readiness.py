@@ -19,12 +19,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import REPO_ROOT, one_device_strategy
-from trainer import (
-    losses,
-    optim,
-    train_lib,  # noqa: F401  (registers every configurable a config may bind)
-)
-from trainer.config import EvalConfig, TrainConfig, parse_gin
+from trainer import train_lib  # noqa: F401  (registers every configurable a config may bind)
+from trainer.core import losses, optim
+from trainer.core.config import EvalConfig, TrainConfig, parse_gin
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.models import DeepLabV3Plus

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, text_tags
 from trainer import train_lib
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 
 pytestmark = pytest.mark.slow
 

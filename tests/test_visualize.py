@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import visualize
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.info import DatasetInfo
+from trainer.observe import visualize
 
 INFO = DatasetInfo(
     name="tiny",

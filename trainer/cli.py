@@ -4,10 +4,11 @@ import sys
 
 from absl import app, flags, logging
 
-from trainer import distribute, train_lib
-from trainer.checkpoints import CheckpointWriteError
-from trainer.config import ConfigError, Mode, parse_gin
-from trainer.preemption import EXIT_CODE_PREEMPTED, Preempted
+from trainer import train_lib
+from trainer.cluster import distribute
+from trainer.cluster.preemption import EXIT_CODE_PREEMPTED, Preempted
+from trainer.core.config import ConfigError, Mode, parse_gin
+from trainer.storage.checkpoints import CheckpointWriteError
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), parsed in order.")
 _GIN_BINDINGS = flags.DEFINE_multi_string(

@@ -14,19 +14,21 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer import distribute, evaluation, loop, losses, manifest, optim, precision, progress, summaries
-from trainer import ema as ema_lib
-from trainer.checkpoints import Checkpointer
-from trainer.config import ConfigError, EvalConfig, Mode, TrainConfig
+from trainer.cluster import distribute
+from trainer.cluster.preemption import PreemptionWatcher
+from trainer.core import ema as ema_lib
+from trainer.core import evaluation, loop, losses, optim, precision
+from trainer.core.config import ConfigError, EvalConfig, Mode, TrainConfig
+from trainer.core.initialization import initialize_model
 from trainer.data import integrity
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
-from trainer.export import exporter
-from trainer.initialization import initialize_model
 from trainer.models import DeepLabV3Plus
-from trainer.preemption import PreemptionWatcher
+from trainer.observe import manifest, progress, summaries
+from trainer.serving import exporter
+from trainer.storage.checkpoints import Checkpointer
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 # Modes that train; the others only read checkpoints, so they may run beside a training job on its model_dir.

@@ -1,10 +1,10 @@
-"""trainer.bench.input_throughput runs end to end on a few small images and reports what it measured."""
+"""devtools.bench.input_throughput runs end to end on a few small images and reports what it measured."""
 
 import re
 
 import pytest
 
-from trainer.bench import input_throughput
+from devtools.bench import input_throughput
 
 pytestmark = pytest.mark.slow
 

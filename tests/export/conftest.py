@@ -11,8 +11,8 @@ import tf_keras as keras
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
 from trainer.data.synthetic import synthetic_shapes
-from trainer.export import exporter
 from trainer.models import DeepLabV3Plus
+from trainer.serving import exporter
 
 
 @dataclasses.dataclass(frozen=True)

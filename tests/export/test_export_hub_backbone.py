@@ -9,7 +9,7 @@ import tf_keras as keras
 
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models import DeepLabV3Plus, HubBackbone
 
 pytestmark = pytest.mark.slow

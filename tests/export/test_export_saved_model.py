@@ -17,9 +17,9 @@ from PIL import Image
 
 from tests.helpers import one_device_strategy
 from trainer import train_lib
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.synthetic import CLASS_NAMES, synthetic_shapes
-from trainer.export import exporter, preprocessing
+from trainer.serving import exporter, preprocessing
 
 pytestmark = pytest.mark.slow
 

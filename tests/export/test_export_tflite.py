@@ -14,9 +14,9 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tests.helpers import one_device_strategy
 from trainer import train_lib
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.synthetic import CLASS_NAMES, synthetic_shapes
-from trainer.export import exporter, tflite, tflite_metadata
+from trainer.serving import exporter, tflite, tflite_metadata
 
 pytestmark = pytest.mark.slow
 

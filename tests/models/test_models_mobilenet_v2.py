@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models.mobilenet_v2 import InvertedResidualBlock, MobileNetV2
 
 THIN = 0.35

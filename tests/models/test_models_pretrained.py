@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models import DeepLabV3Plus, ResNet
 from trainer.models.pretrained import LoadReport, load_keras_applications_h5, restore_from_checkpoint
 

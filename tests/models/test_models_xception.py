@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models.separable import SeparableConvBNReLU
 from trainer.models.xception import Xception65, XceptionBlock
 

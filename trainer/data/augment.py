@@ -9,7 +9,7 @@ import math
 
 import tensorflow as tf
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 
 
 def random_scale(

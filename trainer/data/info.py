@@ -8,7 +8,7 @@ import re
 
 import tensorflow as tf
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 
 INFO_FILENAME = "dataset_info.json"
 

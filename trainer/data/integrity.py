@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import tensorflow as tf
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 
 _CORRUPT_AT = re.compile(r"corrupted record at (\d+)")
 # The in-graph record checks (schema.check_record) fail with "assertion failed: [Record <filename>: ...]".

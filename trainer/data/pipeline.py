@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data import augment, integrity, schema
 from trainer.data.info import DatasetInfo
 

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data import info as info_lib
 from trainer.data import schema
 

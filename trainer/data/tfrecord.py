@@ -7,7 +7,7 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data import info as info_lib
 
 

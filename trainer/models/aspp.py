@@ -6,7 +6,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models.dropout import ResumableDropout
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,

@@ -10,7 +10,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models.aspp import ASPP
 from trainer.models.decoder import Decoder
 from trainer.models.layers import SERIALIZATION_PACKAGE, require_positive_int, resize_bilinear, spatial_size

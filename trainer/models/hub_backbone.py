@@ -13,7 +13,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models.layers import SERIALIZATION_PACKAGE
 
 # Size of the zero image that measures the output stride when it is not given: TF Hub's usual input size, a

@@ -6,7 +6,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int, require_stride_or_dilation
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)

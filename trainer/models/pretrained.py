@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 
 # Which sub-layers of DeepLabV3Plus each `parts` value restores, in the model's own attribute names.
 RESTORABLE_PARTS = {

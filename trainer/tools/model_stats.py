@@ -2,7 +2,7 @@
 
   python -m trainer.tools.model_stats --gin_file=configs/pascal_voc_resnet101_os16.gin --height=513 --width=513
 
-FLOPs are the dense architectural count of `trainer.flops` for one image: 2 per multiply-add of every
+FLOPs are the dense architectural count of `trainer.observe.flops` for one image: 2 per multiply-add of every
 convolution and matmul, a dilated 3×3 conv counted as a 3×3 conv (batch norm, activations and resizes are not
 counted). It is the count the benchmark's MFU and TensorBoard's `mfu` use.
 """
@@ -12,8 +12,9 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import app, flags
 
-from trainer import flops, train_lib
-from trainer.config import ConfigError, parse_gin
+from trainer import train_lib
+from trainer.core.config import ConfigError, parse_gin
+from trainer.observe import flops
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s).")
 _GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the files.")

@@ -9,7 +9,7 @@ import pytest
 from absl import flags, logging
 
 from tests.helpers import REPO_ROOT
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data import info as info_lib
 from trainer.data.convert import cli, voc, writer
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data import info as info_lib
 from trainer.data import schema
 from trainer.data.convert import ade20k, cityscapes, folder, reading, tfds_dataset, voc, writer

@@ -6,7 +6,7 @@ and the classes shift down by one to 0..149 (mmsegmentation's `reduce_zero_label
 
 import os
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
 

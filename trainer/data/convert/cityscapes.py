@@ -8,7 +8,7 @@ cityscapesScripts' `labels.py`.
 
 import os
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import BadExample, DatasetSource, SourceExample, SplitSource
 

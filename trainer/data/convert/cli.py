@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.convert import ade20k, cityscapes, folder, reading, tfds_dataset, voc, writer
 
 _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "The source dataset's directory (local or gs://).")

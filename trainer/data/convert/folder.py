@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
 

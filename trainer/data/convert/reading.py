@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from trainer.config import ConfigError
+from trainer.core.config import ConfigError
 from trainer.data.convert.writer import BadExample
 
 RGB = tuple[int, int, int]

@@ -1,0 +1,1 @@
+"""Developer tooling (benchmarks, chaos trials); not part of the runtime package."""

@@ -1,1 +1,0 @@
-"""Benchmarks: `python -m trainer.bench train ...` (training throughput, MFU, overhead) and `... input ...`."""

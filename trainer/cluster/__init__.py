@@ -1,0 +1,1 @@
+"""Where a job runs: tf.distribute strategies, clusters, preemption, local launchers."""

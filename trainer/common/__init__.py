@@ -1,0 +1,1 @@
+"""Foundations every layer may use: the user-error type, validators, files, images."""

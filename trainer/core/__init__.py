@@ -1,0 +1,1 @@
+"""The training core: config, losses, optimizers, the train step, evaluation."""

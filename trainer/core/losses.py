@@ -1,0 +1,165 @@
+"""Segmentation losses, normalised by the contributing pixels of the global batch.
+
+Each loss is split into a sum over a (replica's, micro-batch's) batch and a normaliser that depends on the labels
+only; the train loop divides every replica's sum by the normaliser summed over all replicas, so the gradient of a
+global batch is the same however it is split across replicas or accumulation micro-batches.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import gin
+import tensorflow as tf
+
+from trainer.core.config import ConfigError
+
+
+def pixel_cross_entropy_sum(labels: tf.Tensor, logits: tf.Tensor, ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Sums softmax cross-entropy over the pixels whose label is not `ignore_label`.
+
+    Args:
+      labels: int [batch, height, width] class ids, or `ignore_label`.
+      logits: float [batch, height, width, num_classes].
+      ignore_label: label value that contributes nothing.
+
+    Returns:
+      (sum of per-pixel losses, number of valid pixels), both float32 scalars. Dividing the sum by the
+      valid-pixel count of the *global* batch makes the loss independent of how the batch is split.
+    """
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.not_equal(labels, ignore_label)
+    # Ignored pixels get class 0 so the op sees a legal id; their loss is masked out below.
+    safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+    per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=tf.cast(logits, tf.float32))
+    valid = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(per_pixel * valid), tf.reduce_sum(valid)
+
+
+def is_decayed(variable: tf.Variable) -> bool:
+    """True for convolution and dense kernels: weight decay skips biases and batch-norm parameters."""
+    return "kernel" in variable.name
+
+
+def l2_kernel_penalty(variables: Sequence[tf.Variable]) -> tf.Tensor:
+    """Returns sum(w**2) over convolution and dense kernels (not biases nor batch-norm parameters)."""
+    kernels = [v for v in variables if is_decayed(v)]
+    if not kernels:
+        return tf.constant(0.0)
+    return tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels])
+
+
+@gin.configurable("loss")
+@dataclasses.dataclass(frozen=True)
+class SegmentationLoss:
+    """Per-pixel softmax cross-entropy with optional class weights, label smoothing and hard-pixel mining.
+
+    Bound in gin as `loss.<field>`. Pixels labelled `ignore_label` (and pixels of a class whose weight is 0)
+    contribute nothing, neither to the sum nor to the normaliser.
+
+    Attributes:
+      class_weights: one non-negative weight per class multiplying that class's pixel losses, or None (all 1).
+      label_smoothing: epsilon in [0, 1): the target is (1 - epsilon) on the label plus epsilon spread evenly
+        over all classes.
+      top_k_percent_pixels: fraction in (0, 1] of each image's pixels to keep, the ones with the largest loss
+        (DeepLab's `top_k_percent_pixels`; 1.0 keeps all). Selected per image, so it does not depend on how the
+        batch is split; the normaliser is the number of kept pixels.
+    """
+
+    class_weights: tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
+    top_k_percent_pixels: float = 1.0
+
+    def __post_init__(self):
+        if self.class_weights is not None:
+            weights = tuple(self.class_weights)
+            if not weights or any(
+                isinstance(w, bool) or not isinstance(w, int | float) or w < 0 or w != w for w in weights
+            ):
+                raise ConfigError(
+                    "gin binding loss.class_weights: expected a non-empty tuple of non-negative numbers, one per "
+                    f"class, received {self.class_weights!r}."
+                )
+            if not any(weights):
+                raise ConfigError(
+                    f"gin binding loss.class_weights: expected at least one positive weight, received {weights!r}."
+                )
+            object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(
+                f"gin binding loss.label_smoothing: expected 0 <= epsilon < 1, received {self.label_smoothing!r}."
+            )
+        if not 0.0 < self.top_k_percent_pixels <= 1.0:
+            raise ConfigError(
+                "gin binding loss.top_k_percent_pixels: expected a fraction in (0, 1] of the pixels to keep "
+                f"(e.g. 0.2 keeps the hardest 20%), received {self.top_k_percent_pixels!r}."
+            )
+
+    def check_num_classes(self, num_classes: int) -> None:
+        """Raises ConfigError if `class_weights` does not have one weight per class."""
+        if self.class_weights is not None and len(self.class_weights) != num_classes:
+            raise ConfigError(
+                f"gin binding loss.class_weights: expected {num_classes} weights (one per class of the dataset), "
+                f"received {len(self.class_weights)}: {self.class_weights!r}."
+            )
+
+    def _pixel_weights(self, labels: tf.Tensor, ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Returns (class ids with ignored pixels set to 0, float32 weight per pixel: 0 where ignored)."""
+        labels = tf.cast(labels, tf.int32)
+        valid = tf.not_equal(labels, ignore_label)
+        safe_labels = tf.where(valid, labels, tf.zeros_like(labels))
+        if self.class_weights is None:
+            weights = tf.cast(valid, tf.float32)
+        else:
+            weights = tf.where(valid, tf.gather(tf.constant(self.class_weights, tf.float32), safe_labels), 0.0)
+        return safe_labels, weights
+
+    def _kept_per_image(self, contributing: tf.Tensor) -> tf.Tensor:
+        """Number of pixels kept per image by hard-pixel mining: min(k, contributing pixels), k = round(p * H * W)."""
+        pixels_per_image = tf.shape(contributing)[1] * tf.shape(contributing)[2]
+        k = self._top_k(pixels_per_image)
+        return tf.minimum(tf.cast(k, tf.float32), tf.reduce_sum(contributing, axis=[1, 2]))
+
+    def _top_k(self, pixels_per_image: tf.Tensor) -> tf.Tensor:
+        k = tf.cast(tf.round(self.top_k_percent_pixels * tf.cast(pixels_per_image, tf.float32)), tf.int32)
+        return tf.maximum(k, 1)
+
+    def normalizer(self, labels: tf.Tensor, ignore_label: int) -> tf.Tensor:
+        """Number of pixels of `labels` [N, H, W] that contribute to `loss_sum` (a float32 scalar; labels only).
+
+        Computable before the forward pass, so the global normaliser can be all-reduced once per step, even when
+        the step accumulates several micro-batches.
+        """
+        _, weights = self._pixel_weights(labels, ignore_label)
+        contributing = tf.cast(weights > 0.0, tf.float32)
+        if self.top_k_percent_pixels >= 1.0:
+            return tf.reduce_sum(contributing)
+        return tf.reduce_sum(self._kept_per_image(contributing))
+
+    def per_pixel(self, labels: tf.Tensor, logits: tf.Tensor, ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Returns (weighted loss [N, H, W], float32 mask [N, H, W] of the pixels that may contribute)."""
+        logits = tf.cast(logits, tf.float32)
+        if self.class_weights is not None and logits.shape[-1] is not None:
+            self.check_num_classes(int(logits.shape[-1]))
+        safe_labels, weights = self._pixel_weights(labels, ignore_label)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe_labels, logits=logits)
+        if self.label_smoothing > 0.0:
+            # Cross-entropy against the uniform distribution, -mean_c(log p_c) = logsumexp(z) - mean(z): no
+            # one-hot or log-softmax tensor of the logits' size is materialised.
+            uniform = tf.reduce_logsumexp(logits, axis=-1) - tf.reduce_mean(logits, axis=-1)
+            losses = (1.0 - self.label_smoothing) * losses + self.label_smoothing * uniform
+        return losses * weights, tf.cast(weights > 0.0, tf.float32)
+
+    def loss_sum(self, labels: tf.Tensor, logits: tf.Tensor, ignore_label: int) -> tf.Tensor:
+        """Sum of the contributing pixel losses of a batch (float32 scalar); divide by the global `normalizer`."""
+        losses, contributing = self.per_pixel(labels, logits, ignore_label)
+        if self.top_k_percent_pixels >= 1.0:
+            return tf.reduce_sum(losses)
+        batch = tf.shape(losses)[0]
+        flat_losses = tf.reshape(losses, [batch, -1])
+        flat_contributing = tf.reshape(contributing, [batch, -1])
+        # Non-contributing pixels rank below every real loss (losses are >= 0), so top-k takes them last and
+        # clipping at 0 removes the ones it had to take: exactly min(k, contributing) pixels count per image.
+        ranked = tf.where(flat_contributing > 0.0, flat_losses, -1.0)
+        k = tf.minimum(self._top_k(tf.shape(flat_losses)[1]), tf.shape(flat_losses)[1])
+        hardest = tf.math.top_k(ranked, k=k, sorted=False).values
+        return tf.reduce_sum(tf.maximum(hardest, 0.0))

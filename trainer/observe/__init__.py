@@ -1,0 +1,1 @@
+"""What a run shows: TensorBoard summaries, progress, manifests, FLOPs and peak."""

@@ -1,0 +1,1 @@
+"""Shipping a model: SavedModel, TFLite, prediction."""

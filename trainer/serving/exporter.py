@@ -1,0 +1,318 @@
+"""`--mode=export` and export at the end of training: which weights, the SavedModel, the TFLite models, parity.
+
+Layout in the run directory:
+
+    model_dir/export/<step>/          SavedModel (TF Serving version directory; `--model_base_path=model_dir/export`)
+    model_dir/tflite/<step>/          deeplab_<conversion>.tflite (with metadata and labels), parity.json
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+
+import gin
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from trainer.cluster.distribute import TaskInfo
+from trainer.core.config import ConfigError
+from trainer.data import schema
+from trainer.data.info import DatasetInfo
+from trainer.data.pipeline import InputPipeline
+from trainer.serving import preprocessing, saved_model, tflite
+
+BEST_SUBDIR = "best"
+CHECKPOINT_SUBDIR = "checkpoints"
+TFLITE_SUBDIR = "tflite"
+PARITY_FILE = "parity.json"
+CHECKPOINT_CHOICES = ("latest", "best")
+# Mid-grey: what the training pipeline pads with (0 in [-1, 1]).
+_PAD_PIXEL = 128
+
+# Swaps other weights (e.g. EMA averages) into the model for the duration of the export.
+WeightsContext = Callable[[], contextlib.AbstractContextManager]
+
+
+def _check_positive(binding: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"gin binding export.{binding}: expected a positive int, received {value!r}.")
+
+
+@gin.configurable("export")
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What to export; bound in gin as `export.<field>`.
+
+    Attributes:
+      at_end_of_training: export when `--mode=train` / `train_and_eval` finishes.
+      checkpoint: `--mode=export` exports the 'latest' checkpoint (model_dir/checkpoints) or the 'best' one
+        (model_dir/best).
+      size_multiple: exported models pad images up to a multiple of this; None: the backbone's output stride.
+      tflite_quantizations: TFLite conversions to write, of 'float32', 'float16', 'dynamic_range_int8', 'int8'
+        (full integer); none by default.
+      tflite_input_size: (height, width) of the TFLite input; None: `input_pipeline.crop_size`.
+      num_calibration_images: training images (from the input pipeline) that calibrate the int8 conversion.
+      num_parity_images: validation images on which each TFLite model is compared with the SavedModel.
+    """
+
+    at_end_of_training: bool = False
+    checkpoint: str = "latest"
+    size_multiple: int | None = None
+    tflite_quantizations: tuple[str, ...] = ()
+    tflite_input_size: tuple[int, int] | None = None
+    num_calibration_images: int = 100
+    num_parity_images: int = 100
+
+    def __post_init__(self):
+        if self.checkpoint not in CHECKPOINT_CHOICES:
+            raise ConfigError(
+                f"gin binding export.checkpoint: expected one of {CHECKPOINT_CHOICES}, received {self.checkpoint!r}."
+            )
+        if self.size_multiple is not None:
+            _check_positive("size_multiple", self.size_multiple)
+        object.__setattr__(self, "tflite_quantizations", tflite.Quantization.parse_all(self.tflite_quantizations))
+        if self.tflite_input_size is not None:
+            size = tuple(self.tflite_input_size)
+            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+                raise ConfigError(
+                    "gin binding export.tflite_input_size: expected (height, width) of positive ints, "
+                    f"received {self.tflite_input_size!r}."
+                )
+            object.__setattr__(self, "tflite_input_size", size)
+        _check_positive("num_calibration_images", self.num_calibration_images)
+        _check_positive("num_parity_images", self.num_parity_images)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """Where an export went: the SavedModel, the TFLite files by conversion, the parity report (if any)."""
+
+    step: int
+    saved_model_dir: str
+    tflite_files: dict[str, str]
+    parity: dict | None
+
+
+def checkpoint_to_export(model_dir: str, which: str) -> str:
+    """Returns the checkpoint prefix that `export.checkpoint` = `which` ('latest' or 'best') designates.
+
+    Raises:
+      ConfigError: if there is no such checkpoint.
+    """
+    directory = os.path.join(model_dir, BEST_SUBDIR if which == "best" else CHECKPOINT_SUBDIR)
+    path = tf.train.latest_checkpoint(directory)
+    if path is None and which == "best":
+        # A best-checkpoint keeper may write one checkpoint without CheckpointManager's state file.
+        indexes = tf.io.gfile.glob(os.path.join(directory, "*.index"))
+        path = indexes[0][: -len(".index")] if len(indexes) == 1 else None
+    if path is None:
+        raise ConfigError(
+            f"--mode=export with export.checkpoint={which!r}: expected a checkpoint in {directory}, received "
+            f"none. Train first, or set the gin binding export.checkpoint to one of {CHECKPOINT_CHOICES}."
+        )
+    return path
+
+
+def restore_weights(model: keras.Model, path: str) -> int:
+    """Restores the model's weights (only) from the training checkpoint `path`; returns its training step.
+
+    Raises:
+      ConfigError: if the checkpoint lacks weights of the model (a different model configuration).
+    """
+    status = tf.train.Checkpoint(model=model).read(path).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ConfigError(
+            f"--mode=export: the checkpoint {path} does not hold every weight of the configured model; expected "
+            f"the gin configuration it was trained with (model_dir/operative_config.gin). Details: {error}"
+        ) from None
+    reader = tf.train.load_checkpoint(path)
+    step_key = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
+    if reader.has_tensor(step_key):
+        return int(reader.get_tensor(step_key))
+    suffix = path.rsplit("-", 1)[-1]
+    if not suffix.isdigit():
+        raise ConfigError(f"--mode=export: expected a global_step in {path} or a -<step> suffix, received neither.")
+    return int(suffix)
+
+
+@contextlib.contextmanager
+def _float32_policy() -> Iterator[None]:
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _plain_copy(model: keras.Model, build_size: tuple[int, int], weights_context: WeightsContext | None) -> keras.Model:
+    """A float32 copy of `model` outside any distribution strategy, with the weights seen in `weights_context`.
+
+    Every worker must call this: reading synchronised variables (e.g. batch-norm statistics) of a
+    multi-worker model is a collective operation. The copy computes in float32 whatever the training precision
+    (mixed_bfloat16 on TPUs): serving CPUs and TFLite want float32 graphs, and the weights are float32 anyway.
+    """
+    with weights_context() if weights_context is not None else contextlib.nullcontext():
+        weights = model.get_weights()
+    with _float32_policy():
+        try:
+            copy = type(model).from_config(model.get_config())
+        except (NotImplementedError, TypeError) as error:
+            raise ConfigError(
+                f"export: expected a model that rebuilds from its get_config(), received {type(model).__name__} "
+                f"({error})."
+            ) from None
+        copy(tf.zeros([1, *build_size, 3]), training=False)
+    copy.set_weights(weights)
+    return copy
+
+
+def _write_bytes_atomically(path: str, content: bytes) -> None:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+        f.write(content)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """Inverts the input pipeline's normalisation: float32 in [-1, 1] → uint8."""
+    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def _fit(array: np.ndarray, size: tuple[int, int], pad_value: int) -> np.ndarray:
+    """The top-left `size` window of `array` [H, W, ...], padded with `pad_value` where the array is smaller."""
+    height, width = size
+    window = array[:height, :width]
+    padding = [(0, height - window.shape[0]), (0, width - window.shape[1])] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(window, padding, constant_values=pad_value)
+
+
+def calibration_images(
+    info: DatasetInfo, input_pipeline: InputPipeline, size: tuple[int, int], count: int
+) -> list[np.ndarray]:
+    """`count` augmented training crops from the input pipeline, as uint8 [1, H, W, 3] at `size`."""
+    dataset = input_pipeline.train_dataset(info, global_batch_size=1).take(count)
+    return [_fit(_to_uint8(images.numpy()[0]), size, _PAD_PIXEL)[np.newaxis] for images, _ in dataset]
+
+
+def validation_images(info: DatasetInfo, size: tuple[int, int], count: int) -> tuple[np.ndarray, ...]:
+    """The first `count` validation images, each its top-left `size` window padded with mid-grey.
+
+    Returns:
+      (images uint8 [N, H, W, 3], labels int32 [N, H, W] with the ignore label on padding, inside bool [N, H, W]
+      True on image pixels).
+    """
+    dataset = tf.data.TFRecordDataset(sorted(info.eval_files)).take(count).map(schema.parse_example)
+    images, labels, inside = [], [], []
+    for image, label, _ in dataset:
+        images.append(_fit(image.numpy(), size, _PAD_PIXEL))
+        labels.append(_fit(label.numpy().astype(np.int32), size, info.ignore_label))
+        inside.append(_fit(np.ones(label.shape, bool), size, False))
+    return np.stack(images), np.stack(labels), np.stack(inside)
+
+
+def _export_tflite(
+    model: keras.Model,
+    model_dir: str,
+    step: int,
+    saved_model_dir: str,
+    size_multiple: int,
+    info: DatasetInfo,
+    input_pipeline: InputPipeline,
+    config: ExportConfig,
+) -> tuple[dict[str, str], dict]:
+    """Writes the TFLite conversions and their parity report; returns (files by conversion, report)."""
+    input_size = config.tflite_input_size or tuple(input_pipeline.crop_size)
+    directory = os.path.join(model_dir, TFLITE_SUBDIR, str(step))
+    tf.io.gfile.makedirs(directory)
+    calibration = None
+    contents, files = {}, {}
+    for quantization in config.tflite_quantizations:
+        if quantization is tflite.Quantization.INT8 and calibration is None:
+            calibration = calibration_images(info, input_pipeline, input_size, config.num_calibration_images)
+        content = tflite.convert(
+            model,
+            input_size,
+            size_multiple,
+            quantization,
+            representative_images=calibration if quantization is tflite.Quantization.INT8 else None,
+        )
+        contents[quantization.value] = tflite.with_metadata(content, info.class_names, quantization, str(step))
+        files[quantization.value] = os.path.join(directory, f"deeplab_{quantization.value}.tflite")
+        _write_bytes_atomically(files[quantization.value], contents[quantization.value])
+        logging.info("Wrote %s (%d bytes).", files[quantization.value], len(contents[quantization.value]))
+    images, labels, inside = validation_images(info, input_size, config.num_parity_images)
+    report = {
+        "step": step,
+        "saved_model": saved_model_dir,
+        "input_size": list(input_size),
+        "images": "top-left input_size window of each validation image, padded with mid-grey",
+        "files": files,
+        **tflite.parity_report(saved_model_dir, contents, images, labels, inside, info.num_classes, info.ignore_label),
+    }
+    logging.info("%s", tflite.format_parity(report))
+    _write_bytes_atomically(os.path.join(directory, PARITY_FILE), json.dumps(report, indent=2).encode())
+    return files, report
+
+
+def export_model(
+    model: keras.Model,
+    model_dir: str,
+    step: int,
+    info: DatasetInfo,
+    input_pipeline: InputPipeline,
+    config: ExportConfig | None = None,
+    task: TaskInfo | None = None,
+    weights_context: WeightsContext | None = None,
+) -> ExportResult | None:
+    """Exports the model's current weights: the SavedModel, then the TFLite conversions asked for.
+
+    Args:
+      model: the trained model (may live under a distribution strategy).
+      model_dir: the run directory; exports go under `export/<step>` and `tflite/<step>`.
+      step: the training step of the weights.
+      info: the dataset (class names, validation files for the parity report).
+      input_pipeline: its crop size is the default TFLite input size; it draws the int8 calibration images.
+      config: what to export; default: the gin-configured `export.*`.
+      task: this process's role; only the chief writes (every worker must call, see `_plain_copy`).
+      weights_context: returns a context manager in which the model holds the weights to export (e.g. EMA
+        averages); None exports the weights as they are.
+
+    Returns:
+      Where everything went, on the chief; None on other workers.
+    """
+    config = config or ExportConfig()
+    copy = _plain_copy(model, tuple(input_pipeline.crop_size), weights_context)
+    if task is not None and not task.is_chief:
+        return None
+    size_multiple = config.size_multiple or preprocessing.size_multiple(copy)
+    saved_model_dir = saved_model.export_saved_model(copy, model_dir, step, info.class_names, size_multiple)
+    files, report = {}, None
+    if config.tflite_quantizations:
+        files, report = _export_tflite(
+            copy, model_dir, step, saved_model_dir, size_multiple, info, input_pipeline, config
+        )
+    return ExportResult(step=step, saved_model_dir=saved_model_dir, tflite_files=files, parity=report)
+
+
+def export_checkpoint(
+    model: keras.Model,
+    model_dir: str,
+    info: DatasetInfo,
+    input_pipeline: InputPipeline,
+    config: ExportConfig | None = None,
+    task: TaskInfo | None = None,
+    weights_context: WeightsContext | None = None,
+) -> ExportResult | None:
+    """`--mode=export`: restores the checkpoint `export.checkpoint` designates into `model` and exports it."""
+    config = config or ExportConfig()
+    path = checkpoint_to_export(model_dir, config.checkpoint)
+    step = restore_weights(model, path)
+    logging.info("Exporting %s (step %d).", path, step)
+    return export_model(model, model_dir, step, info, input_pipeline, config, task, weights_context)

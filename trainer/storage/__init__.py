@@ -1,0 +1,1 @@
+"""Files and checkpoints: atomic writes, checkpoint lookup, restore and copy."""
