@@ -18,13 +18,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from trainer import (
-    train_lib,  # noqa: F401  (registers every configurable a gin file may name)
-    visualize,
-)
-from trainer.core.config import ConfigError, parse_gin
+from trainer import train_lib  # noqa: F401  (registers every configurable a gin file may name)
+from trainer.common.errors import UserInputError
+from trainer.core.config import parse_gin
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
+from trainer.observe import visualize
 
 
 def browse_dataset(
@@ -40,10 +39,10 @@ def browse_dataset(
       The grid, uint8 [rows * (h + 8) - 8, columns * (3 * w + 4 + 8) - 8, 3] for crops of h×w.
 
     Raises:
-      ConfigError: for a bad config or a non-positive `num_examples`/`columns`.
+      UserInputError: for a bad config or a non-positive `num_examples`/`columns`.
     """
     if num_examples <= 0:
-        raise ConfigError(f"--num_examples: expected a positive int, received {num_examples}.")
+        raise UserInputError(f"--num_examples: expected a positive int, received {num_examples}.")
     gin.clear_config()
     parse_gin(gin_files, gin_bindings)
     try:
@@ -70,7 +69,7 @@ def main() -> None:
             raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}.")
         try:
             grid = browse_dataset(gin_file.value, gin_bindings.value, output.value, num_examples.value, columns.value)
-        except ConfigError as error:
+        except UserInputError as error:
             sys.exit(f"error: {error}")
         print(f"Wrote {output.value} ({grid.shape[1]}x{grid.shape[0]} pixels, {num_examples.value} examples).")
 

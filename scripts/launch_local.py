@@ -15,8 +15,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer import launch  # noqa: E402
-from trainer.core.config import ConfigError  # noqa: E402
+from trainer.cluster import launch  # noqa: E402
+from trainer.common.errors import UserInputError  # noqa: E402
 
 _WORKERS = flags.DEFINE_integer("workers", 2, "Number of local worker processes.")
 _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "How many times to restart all workers after a failure.")
@@ -25,7 +25,7 @@ _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 0, "How many times to resta
 def main(argv: list[str]) -> None:
     try:
         sys.exit(launch.launch(_WORKERS.value, argv[1:], max_restarts=_MAX_RESTARTS.value))
-    except ConfigError as error:
+    except UserInputError as error:
         sys.exit(f"error: {error}")
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests.helpers import REPO_ROOT, SMOKE_GIN, mirrored_strategy, one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import schema
 
 pytestmark = pytest.mark.slow
@@ -74,19 +74,19 @@ def _train_on(tmp_path, train_file, eval_file, *bindings):
 
 def test_missing_model_dir(tmp_path):
     parse_smoke_config(str(tmp_path / "data"))
-    with pytest.raises(ConfigError, match="--model_dir is required"):
+    with pytest.raises(UserInputError, match="--model_dir is required"):
         train_lib.run("train", "", strategy=one_device_strategy())
 
 
 def test_global_batch_not_divisible_by_the_replicas(tmp_path):
     parse_smoke_config(str(tmp_path / "data"), "train.global_batch_size = 3")
-    with pytest.raises(ConfigError, match=r"train.global_batch_size: expected a multiple of .*\(2\), received 3"):
+    with pytest.raises(UserInputError, match=r"train.global_batch_size: expected a multiple of .*\(2\), received 3"):
         train_lib.run("train", str(tmp_path / "run"), strategy=mirrored_strategy())
 
 
 def test_dataset_pattern_matching_no_file(tmp_path):
     eval_file = _write_records(tmp_path / "eval.tfrecord", _good_examples(2))
-    with pytest.raises(ConfigError, match="tfrecord_dataset.train_pattern: expected the pattern to match"):
+    with pytest.raises(UserInputError, match="tfrecord_dataset.train_pattern: expected the pattern to match"):
         _train_on(tmp_path, tmp_path / "missing-*.tfrecord", eval_file)
 
 
@@ -98,7 +98,7 @@ def test_corrupt_tfrecord_names_the_file_and_record(tmp_path):
     data[3 * record_length + 200] ^= 0xFF  # inside the 4th record's payload
     with open(train_file, "wb") as f:
         f.write(bytes(data))
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         _train_on(tmp_path, train_file, eval_file, "train.global_batch_size = 2")
     message = str(error.value)
     assert "TFRecord file is corrupt" in message
@@ -110,7 +110,9 @@ def test_image_and_mask_of_different_sizes(tmp_path):
     bad = _example(_image(48, 48), np.zeros([40, 48], np.uint8), "mismatched.png")
     train_file = _write_records(tmp_path / "train.tfrecord", [bad] * 4)
     eval_file = _write_records(tmp_path / "eval.tfrecord", _good_examples(2))
-    with pytest.raises(ConfigError, match=r"Bad train example: Record mismatched.png: expected the label map to have "):
+    with pytest.raises(
+        UserInputError, match=r"Bad train example: Record mismatched.png: expected the label map to have "
+    ):
         _train_on(tmp_path, train_file, eval_file)
 
 
@@ -119,7 +121,8 @@ def test_label_outside_the_classes(tmp_path):
     train_file = _write_records(tmp_path / "train.tfrecord", [bad] * 4)
     eval_file = _write_records(tmp_path / "eval.tfrecord", _good_examples(2))
     with pytest.raises(
-        ConfigError, match=r"Record label7.png: expected label values in \[0, 3\) or the ignore label 255, received 7"
+        UserInputError,
+        match=r"Record label7.png: expected label values in \[0, 3\) or the ignore label 255, received 7",
     ):
         _train_on(tmp_path, train_file, eval_file)
 
@@ -130,7 +133,7 @@ def test_checkpoint_of_another_model_lists_mismatched_variables(tmp_path):
     parse_smoke_config(data_dir, "train.steps = 3")
     train_lib.run("train", model_dir, strategy=one_device_strategy())
     parse_smoke_config(data_dir, "train.steps = 6", "DeepLabV3Plus.aspp_filters = 16")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         train_lib.run("train", model_dir, strategy=one_device_strategy())
     message = str(error.value)
     assert "does not match the model being built" in message

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO_ROOT, SMOKE_GIN
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.observe import visualize
 
 SMOKE_CROP = 48  # configs/smoke.gin
@@ -54,7 +54,7 @@ def test_writes_a_png_grid_of_the_expected_size(tmp_path):
 
 def test_bad_arguments_are_config_errors(tmp_path):
     browse = _load_script()
-    with pytest.raises(ConfigError, match="--num_examples"):
+    with pytest.raises(UserInputError, match="--num_examples"):
         browse.browse_dataset([SMOKE_GIN], [], str(tmp_path / "grid.png"), num_examples=0)
-    with pytest.raises(ConfigError, match="--gin_file"):
+    with pytest.raises(UserInputError, match="--gin_file"):
         browse.browse_dataset([str(tmp_path / "missing.gin")], [], str(tmp_path / "grid.png"))

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tests.helpers import REPO_ROOT
 from trainer.cluster.distribute import TaskInfo
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.storage.checkpoints import Checkpointer
 
 CHIEF = TaskInfo(task_type=None, task_id=0, is_chief=True)
@@ -83,7 +83,7 @@ def test_every_checkpoint_unreadable_is_a_clear_error(tmp_path):
     checkpointer.save()
     _corrupt(checkpointer.latest_checkpoint)
     restored, _, _ = _checkpointer(tmp_path)
-    with pytest.raises(ConfigError, match="Every checkpoint in .* is unreadable"):
+    with pytest.raises(UserInputError, match="Every checkpoint in .* is unreadable"):
         restored.restore_latest()
 
 
@@ -94,7 +94,7 @@ def test_a_checkpoint_of_another_model_lists_the_mismatched_variables(tmp_path):
     other_step = tf.Variable(0, dtype=tf.int64)
     other = tf.train.Checkpoint(global_step=other_step, weight=tf.Variable([1.0, 2.0]), bias=tf.Variable(0.0))
     restorer = Checkpointer(other, str(tmp_path), CHIEF, other_step, max_to_keep=10, every_steps=5)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         restorer.restore_latest()
     message = str(error.value)
     assert "does not match the model" in message

@@ -14,8 +14,8 @@ import tf_keras as keras
 from tests.helpers import REPO_ROOT, mirrored_strategy
 from trainer.cluster import distribute
 from trainer.cluster.distribute import MirroredConfig, MultiWorkerConfig, Placement, StrategyName
+from trainer.common.errors import UserInputError
 from trainer.core import loop, optim
-from trainer.core.config import ConfigError
 
 TWO_WORKERS = ["127.0.0.1:20001", "127.0.0.1:20002"]
 
@@ -119,7 +119,7 @@ TPU_MESSAGE = re.compile(
 
 
 def test_tpu_strategy_without_a_tpu_fails_with_the_documented_message():
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         distribute.create_strategy("tpu", Placement(tpu="local"))
     assert TPU_MESSAGE.fullmatch(str(error.value)), str(error.value)
     with open(os.path.join(REPO_ROOT, "README.md")) as f:
@@ -128,7 +128,7 @@ def test_tpu_strategy_without_a_tpu_fails_with_the_documented_message():
 
 def test_named_tpu_that_cannot_be_found_is_a_config_error():
     # No Google credentials here, so the Cloud TPU API lookup (cloud-tpu-client) fails before any network call.
-    with pytest.raises(ConfigError, match=r"--tpu=my-tpu --tpu_zone=us-central2-b --gcp_project=my-project: no TPU"):
+    with pytest.raises(UserInputError, match=r"--tpu=my-tpu --tpu_zone=us-central2-b --gcp_project=my-project: no TPU"):
         distribute.create_strategy("tpu", Placement(tpu="my-tpu", tpu_zone="us-central2-b", gcp_project="my-project"))
 
 
@@ -147,7 +147,7 @@ def test_named_tpu_that_cannot_be_found_is_a_config_error():
     ],
 )
 def test_placement_errors(placement, message):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         Placement(**placement)
     assert message in str(error.value)
 
@@ -162,7 +162,7 @@ def test_placement_errors(placement, message):
     ],
 )
 def test_flags_that_do_not_fit_the_strategy(name, placement, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):
+    with pytest.raises(UserInputError, match=re.escape(message)):
         distribute.create_strategy(name, placement)
 
 
@@ -181,14 +181,14 @@ def test_flags_that_do_not_fit_the_strategy(name, placement, message):
 )
 def test_tf_config_typos_are_config_errors(monkeypatch, tf_config, message):
     _set_tf_config(monkeypatch, tf_config)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         distribute.resolve_strategy_name("auto")
     assert message in str(error.value)
 
 
 def test_tf_config_and_worker_hosts_together_are_refused(monkeypatch):
     _set_tf_config(monkeypatch, {"cluster": {"worker": TWO_WORKERS}, "task": {"type": "worker", "index": 0}})
-    with pytest.raises(ConfigError, match="TF_CONFIG and --worker_hosts: expected one description of the cluster"):
+    with pytest.raises(UserInputError, match="TF_CONFIG and --worker_hosts: expected one description of the cluster"):
         distribute.cluster_resolver(Placement(worker_hosts=TWO_WORKERS, task_index=0))
 
 
@@ -211,9 +211,9 @@ def test_mirrored_cross_device_ops_settings():
     assert isinstance(MirroredConfig("nccl").build(num_gpus=2), tf.distribute.NcclAllReduce)
     assert isinstance(MirroredConfig("hierarchical_copy").build(0), tf.distribute.HierarchicalCopyAllReduce)
     assert isinstance(MirroredConfig("reduce_to_one").build(0), tf.distribute.ReductionToOneDevice)
-    with pytest.raises(ConfigError, match=r"mirrored.cross_device_ops: expected one of \{auto, nccl, hier"):
+    with pytest.raises(UserInputError, match=r"mirrored.cross_device_ops: expected one of \{auto, nccl, hier"):
         MirroredConfig("ring")
-    with pytest.raises(ConfigError, match=r"received 'nccl' \(NCCL runs on GPUs only\)"):
+    with pytest.raises(UserInputError, match=r"received 'nccl' \(NCCL runs on GPUs only\)"):
         distribute.create_strategy("mirrored", mirrored=MirroredConfig("nccl"))
 
 
@@ -273,7 +273,7 @@ def test_multi_worker_settings():
         (dict(timeout_seconds=0), "multi_worker.timeout_seconds: expected None or a positive number"),
         (dict(heartbeat_timeout_seconds=2.5), "heartbeat_timeout_seconds: expected a positive integer, received 2.5"),
     ):
-        with pytest.raises(ConfigError, match=re.escape(message)):
+        with pytest.raises(UserInputError, match=re.escape(message)):
             MultiWorkerConfig(**bad)
 
 

@@ -7,9 +7,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, smoke_run_state, tiny_deeplab
+from trainer.common.errors import UserInputError
 from trainer.core import ema as ema_lib
 from trainer.core import loop, optim
-from trainer.core.config import ConfigError, TrainConfig
+from trainer.core.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +50,7 @@ def test_the_weights_come_back_when_the_block_raises():
 
 
 def test_decay_outside_the_open_interval_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"train.ema_decay: expected a decay in \(0, 1\)"):
+    with pytest.raises(UserInputError, match=r"train.ema_decay: expected a decay in \(0, 1\)"):
         ema_lib.ExponentialMovingAverage([tf.Variable(1.0)], decay=1.0)
 
 

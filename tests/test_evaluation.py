@@ -12,8 +12,9 @@ import tf_keras as keras
 from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, scalar_events
 from trainer import train_lib
 from trainer.cluster.distribute import TaskInfo
+from trainer.common.errors import UserInputError
 from trainer.core import evaluation, metrics
-from trainer.core.config import ConfigError, EvalConfig
+from trainer.core.config import EvalConfig
 from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
@@ -217,12 +218,12 @@ def test_best_checkpoint_follows_the_metric_and_replaces_files_atomically(tmp_pa
 
 def test_an_unknown_best_metric_is_a_config_error(dataset_info, tmp_path):
     weights = _model(dataset_info.num_classes).get_weights()
-    with pytest.raises(ConfigError, match=r"evaluation.best_metric: expected one of \{miou, macc.*received 'mious'"):
+    with pytest.raises(UserInputError, match=r"evaluation.best_metric: expected one of \{miou, macc.*received 'mious'"):
         _evaluator(one_device_strategy(), dataset_info, weights, None, tmp_path, best_metric="mious")
 
 
 def test_a_non_positive_continuous_timeout_is_a_config_error():
-    with pytest.raises(ConfigError, match="evaluation.continuous_timeout_secs: expected a positive number"):
+    with pytest.raises(UserInputError, match="evaluation.continuous_timeout_secs: expected a positive number"):
         EvalConfig(continuous_timeout_secs=0)
 
 
@@ -233,9 +234,9 @@ def test_resolve_checkpoint_accepts_a_prefix_or_a_directory(tmp_path):
     assert evaluation.resolve_checkpoint(path, "unused") == path
     assert evaluation.resolve_checkpoint(str(tmp_path / "best"), "unused") == path
     assert evaluation.resolve_checkpoint(None, str(tmp_path / "best")) == path
-    with pytest.raises(ConfigError, match="--checkpoint=.*expected a checkpoint prefix"):
+    with pytest.raises(UserInputError, match="--checkpoint=.*expected a checkpoint prefix"):
         evaluation.resolve_checkpoint(str(tmp_path / "nothing"), "unused")
-    with pytest.raises(ConfigError, match="--mode=eval: no checkpoint in"):
+    with pytest.raises(UserInputError, match="--mode=eval: no checkpoint in"):
         evaluation.resolve_checkpoint(None, str(tmp_path / "empty"))
 
 
@@ -263,7 +264,7 @@ def test_eval_mode_evaluates_the_checkpoint_asked_for(tmp_path):
     assert info["value"] == max(at_step_3["miou"], final["miou"])
 
     parse_smoke_config(data_dir)
-    with pytest.raises(ConfigError, match="--checkpoint=.*expected only with --mode=eval, received --mode=train"):
+    with pytest.raises(UserInputError, match="--checkpoint=.*expected only with --mode=eval, received --mode=train"):
         train_lib.run("train", model_dir, strategy=one_device_strategy(), checkpoint=f"{model_dir}/best")
 
 

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common.errors import UserInputError
 from trainer.core import inference
-from trainer.core.config import ConfigError
 from trainer.core.inference import InferenceConfig, predict_logits, slide_logits
 
 NUM_CLASSES = 3
@@ -150,13 +150,13 @@ def test_every_mode_compiles_with_static_shapes_under_xla_and_matches_eager():
     ],
 )
 def test_bad_settings_are_config_errors_naming_the_binding(kwargs, message):
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UserInputError) as error:
         InferenceConfig(**kwargs)
     assert message in str(error.value)
 
 
 def test_slide_without_a_crop_size_says_which_binding_to_set():
-    with pytest.raises(ConfigError, match="inference.crop_size"):
+    with pytest.raises(UserInputError, match="inference.crop_size"):
         predict_logits(_pointwise, _images(), NUM_CLASSES, InferenceConfig(mode="slide"))
     config = InferenceConfig(mode="slide").with_default_crop((12, 12))
     assert config.window() == ((12, 12), (8, 8))

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.core.initialization import initialize_model
 from trainer.models import DeepLabV3Plus, ResNet
 
@@ -46,12 +46,12 @@ def test_fine_tuning_from_a_checkpoint_keeps_everything_but_a_resized_classifier
 
 
 def test_two_sources_of_initial_weights_are_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="at most one source"):
+    with pytest.raises(UserInputError, match="at most one source"):
         initialize_model(_tiny(5), keras_h5="a.h5", checkpoint="b")
 
 
 def test_run_initialises_a_fresh_model_and_names_a_missing_weights_file(tmp_path):
     missing = tmp_path / "resnet50_notop.h5"
     parse_smoke_config(str(tmp_path / "data"), f"init.keras_h5 = '{missing}'")
-    with pytest.raises(ConfigError, match="resnet50_notop.h5"):
+    with pytest.raises(UserInputError, match="resnet50_notop.h5"):
         train_lib.run("train", str(tmp_path / "run"), strategy=one_device_strategy())

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 from trainer.cluster import launch
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 # Stands in for `python -m trainer`: records its TF_CONFIG, then behaves as --plan says for (attempt, index):
 # "ok" exits 0, "fail" exits 3, "hang" sleeps until killed. The attempt is counted in --state.
@@ -139,7 +139,7 @@ def test_free_ports_are_distinct():
     ],
 )
 def test_bad_launcher_arguments(num_workers, max_restarts, args, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(")):
         launch.LocalJob(num_workers, args, max_restarts)
 
 

@@ -7,8 +7,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import one_device_strategy, scalar_events, tiny_deeplab
+from trainer.common.errors import UserInputError
 from trainer.core import loop, losses, optim
-from trainer.core.config import ConfigError
 
 NUM_CLASSES = 3
 SIZE = 32
@@ -91,7 +91,7 @@ def test_accumulation_steps_must_divide_the_per_replica_batch():
     # same rule on the configuration before anything is traced.
     with pytest.raises(Exception, match=r"gradient_accumulation_steps: expected a divisor of the per-replica batch"):
         train_loop(_iterator(strategy, images, labels, batch=4), tf.constant(1))
-    with pytest.raises(ConfigError, match="train.gradient_accumulation_steps: expected a positive integer"):
+    with pytest.raises(UserInputError, match="train.gradient_accumulation_steps: expected a positive integer"):
         loop.make_train_loop(strategy, model, optimizer, global_step, 255, 0.0, gradient_accumulation_steps=0)
 
 
@@ -168,5 +168,5 @@ def test_loop_returns_float_scalars_and_records_per_step_summaries(tmp_path):
 def test_l2_weight_decay_with_adamw_is_refused():
     strategy = one_device_strategy()
     model, optimizer, global_step = _build(strategy, algorithm="adamw")
-    with pytest.raises(ConfigError, match="train.l2_weight_decay: expected 0 with optimizer.algorithm = 'adamw'"):
+    with pytest.raises(UserInputError, match="train.l2_weight_decay: expected 0 with optimizer.algorithm = 'adamw'"):
         loop.make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)

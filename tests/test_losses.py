@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.common.errors import UserInputError
 from trainer.core import losses
-from trainer.core.config import ConfigError
 
 
 def test_ignored_pixels_contribute_nothing():
@@ -111,11 +111,11 @@ def test_global_normaliser_makes_top_k_independent_of_the_split():
 
 
 def test_loss_settings_are_validated_with_the_binding_named():
-    with pytest.raises(ConfigError, match=r"loss.top_k_percent_pixels: expected a fraction in \(0, 1\]"):
+    with pytest.raises(UserInputError, match=r"loss.top_k_percent_pixels: expected a fraction in \(0, 1\]"):
         losses.SegmentationLoss(top_k_percent_pixels=20)
-    with pytest.raises(ConfigError, match="loss.label_smoothing"):
+    with pytest.raises(UserInputError, match="loss.label_smoothing"):
         losses.SegmentationLoss(label_smoothing=1.0)
-    with pytest.raises(ConfigError, match="loss.class_weights: expected a non-empty tuple of non-negative"):
+    with pytest.raises(UserInputError, match="loss.class_weights: expected a non-empty tuple of non-negative"):
         losses.SegmentationLoss(class_weights=(1.0, -1.0))
-    with pytest.raises(ConfigError, match=r"loss.class_weights: expected 4 weights .* received 3"):
+    with pytest.raises(UserInputError, match=r"loss.class_weights: expected 4 weights .* received 3"):
         losses.SegmentationLoss(class_weights=(1.0, 1.0, 1.0)).check_num_classes(4)

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common.errors import UserInputError
 from trainer.core import optim
-from trainer.core.config import ConfigError
 
 
 def test_schedule_warms_up_linearly_then_decays_polynomially():
@@ -19,7 +19,7 @@ def test_schedule_warms_up_linearly_then_decays_polynomially():
 
 
 def test_warmup_longer_than_training_is_a_clear_error():
-    with pytest.raises(ConfigError, match="optimizer.warmup_steps"):
+    with pytest.raises(UserInputError, match="optimizer.warmup_steps"):
         optim.build_optimizer(total_steps=10, warmup_steps=10)
 
 
@@ -32,7 +32,7 @@ def test_optimizer_is_sgd_with_momentum():
 def test_adam_is_available_and_unknown_algorithms_are_named():
     assert type(optim.build_optimizer(total_steps=10, algorithm="adam")).__name__ == "Adam"
     with pytest.raises(
-        ConfigError, match=r"optimizer.algorithm: expected one of \{sgd, adam, adamw\}, received 'lamb'"
+        UserInputError, match=r"optimizer.algorithm: expected one of \{sgd, adam, adamw\}, received 'lamb'"
     ):
         optim.build_optimizer(total_steps=10, algorithm="lamb")
 
@@ -50,9 +50,9 @@ def test_step_schedule_drops_by_the_factor_at_each_boundary():
     schedule = optim.WarmupStepDecay(0.1, decay_steps=100, boundaries=(30, 60), factor=0.1, warmup_steps=5)
     values = [float(schedule(step)) for step in (0, 2, 5, 29, 30, 59, 60, 99)]
     np.testing.assert_allclose(values, [0.0, 0.04, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
-    with pytest.raises(ConfigError, match="optimizer.step_boundaries: expected a non-empty, strictly ascending"):
+    with pytest.raises(UserInputError, match="optimizer.step_boundaries: expected a non-empty, strictly ascending"):
         optim.build_optimizer(total_steps=100, schedule="step", step_boundaries=(60, 30))
-    with pytest.raises(ConfigError, match=r"optimizer.schedule: expected one of \{poly, cosine, step\}"):
+    with pytest.raises(UserInputError, match=r"optimizer.schedule: expected one of \{poly, cosine, step\}"):
         optim.build_optimizer(total_steps=100, schedule="exponential")
 
 
@@ -97,7 +97,7 @@ def test_adamw_decays_kernels_only_and_decoupled_from_the_gradient():
     np.testing.assert_allclose(model.backbone.bias.numpy(), 1.0)
     np.testing.assert_allclose(model.head.bias.numpy(), 1.0)
     with pytest.raises(
-        ConfigError, match="optimizer.weight_decay: decoupled weight decay applies to algorithm 'adamw'"
+        UserInputError, match="optimizer.weight_decay: decoupled weight decay applies to algorithm 'adamw'"
     ):
         optim.build_optimizer(total_steps=10, algorithm="sgd", weight_decay=0.1)
 
@@ -133,7 +133,7 @@ def test_backbone_multiplier_scales_the_backbone_update_for_every_algorithm(algo
 
 
 def test_backbone_multiplier_needs_a_model_with_a_backbone():
-    with pytest.raises(ConfigError, match="backbone_learning_rate_multiplier: expected a model with a `backbone`"):
+    with pytest.raises(UserInputError, match="backbone_learning_rate_multiplier: expected a model with a `backbone`"):
         optim.build_optimizer(
             total_steps=10, model=keras.Sequential([keras.layers.Dense(2)]), backbone_learning_rate_multiplier=0.1
         )
@@ -154,5 +154,5 @@ def test_global_clipnorm_clips_the_update_to_the_global_norm():
     _apply(optimizer, model, gradient_value=10.0)
     step = [b - v.numpy() for v, b in zip(model.trainable_variables, before, strict=True)]
     np.testing.assert_allclose(np.sqrt(sum((s**2).sum() for s in step)), 2.0, rtol=1e-5)
-    with pytest.raises(ConfigError, match="optimizer.global_clipnorm"):
+    with pytest.raises(UserInputError, match="optimizer.global_clipnorm"):
         optim.build_optimizer(total_steps=10, global_clipnorm=0.0)

@@ -9,8 +9,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, smoke_run_state, tiny_deeplab
+from trainer.common.errors import UserInputError
 from trainer.core import loop, optim, precision
-from trainer.core.config import ConfigError, TrainConfig
+from trainer.core.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,9 @@ def _clear_gin():
 
 
 def test_unknown_precision_names_the_binding():
-    with pytest.raises(ConfigError, match=r"train.precision: expected one of \{float32, mixed_float16, mixed_bfloat16"):
+    with pytest.raises(
+        UserInputError, match=r"train.precision: expected one of \{float32, mixed_float16, mixed_bfloat16"
+    ):
         precision.parse("bfloat16")
 
 

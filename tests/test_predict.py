@@ -12,7 +12,7 @@ import tf_keras as keras
 
 from tests.helpers import REPO_ROOT, one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.models import DeepLabV3Plus
 from trainer.serving import predict
@@ -122,10 +122,10 @@ def test_tta_bindings_reach_the_prediction(saved_model, tmp_path):
 
 
 def test_bad_inputs_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="--model=.*expected a SavedModel directory"):
+    with pytest.raises(UserInputError, match="--model=.*expected a SavedModel directory"):
         predict.load_predictor(str(tmp_path))
     paths = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.jpg")]
-    with pytest.raises(ConfigError, match="--images: expected distinct file names"):
+    with pytest.raises(UserInputError, match="--images: expected distinct file names"):
         predict.predict_images(None, paths, str(tmp_path / "out"))
 
 

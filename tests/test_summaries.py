@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models import DeepLabV3Plus, ResNet
 from trainer.observe import summaries
 from trainer.tools.model_stats import model_statistics
@@ -118,9 +118,9 @@ def test_observe_config_is_bound_in_gin_and_checked():
         assert summaries.ObserveConfig().peak_flops_per_sec == 2e12
     finally:
         gin.clear_config()
-    with pytest.raises(ConfigError, match="observe.peak_flops_per_sec"):
+    with pytest.raises(UserInputError, match="observe.peak_flops_per_sec"):
         summaries.ObserveConfig(peak_flops_per_sec=0)
-    with pytest.raises(ConfigError, match="observe.num_eval_images"):
+    with pytest.raises(UserInputError, match="observe.num_eval_images"):
         summaries.ObserveConfig(num_eval_images=-1)
 
 
@@ -136,7 +136,7 @@ def test_profile_steps_parse(value, expected):
 
 @pytest.mark.parametrize("value", ["100", "110,100", "5,5", "a,b", "1,2,3", "-1,4"])
 def test_bad_profile_steps_are_a_config_error_naming_the_flag(value):
-    with pytest.raises(ConfigError, match=f"--profile_steps={value}: expected START,END"):
+    with pytest.raises(UserInputError, match=f"--profile_steps={value}: expected START,END"):
         summaries.parse_profile_steps(value)
 
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, text_tags
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 pytestmark = pytest.mark.slow
 
@@ -76,7 +76,7 @@ def test_second_run_resumes_at_the_saved_step(data_dir, tmp_path):
 
 def test_eval_mode_needs_a_checkpoint(data_dir, tmp_path):
     parse_smoke_config(data_dir)
-    with pytest.raises(ConfigError, match="no checkpoint"):
+    with pytest.raises(UserInputError, match="no checkpoint"):
         train_lib.run("eval", str(tmp_path / "empty"), strategy=_one_device())
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.info import DatasetInfo
 from trainer.observe import visualize
 
@@ -48,7 +48,7 @@ def test_dataset_palette_comes_first_and_voc_fills_the_rest():
 def test_a_malformed_dataset_palette_is_a_config_error():
     info = dataclasses.replace(INFO)
     object.__setattr__(info, "palette", ((10, 20, 300),))
-    with pytest.raises(ConfigError, match="expected \\(r, g, b\\) triples"):
+    with pytest.raises(UserInputError, match="expected \\(r, g, b\\) triples"):
         visualize.dataset_palette(info)
 
 
@@ -100,7 +100,7 @@ def test_image_grid_lays_out_rows_and_pads_the_last_one():
     assert grid.shape == (2 * 4 + gap, 3 * 5 + 2 * gap, 3)
     assert (grid[4 + gap :, 2 * (5 + gap) :] == 255).all()  # the missing sixth cell is white
     assert (grid[4 + gap :, 5 + gap : 2 * 5 + gap] == 4).all()
-    with pytest.raises(ConfigError, match="columns"):
+    with pytest.raises(UserInputError, match="columns"):
         visualize.image_grid(cells, columns=0)
 
 

@@ -7,7 +7,8 @@ from absl import app, flags, logging
 from trainer import train_lib
 from trainer.cluster import distribute
 from trainer.cluster.preemption import EXIT_CODE_PREEMPTED, Preempted
-from trainer.core.config import ConfigError, Mode, parse_gin
+from trainer.common.errors import UserInputError
+from trainer.core.config import Mode, parse_gin
 from trainer.storage.checkpoints import CheckpointWriteError
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s), parsed in order.")
@@ -71,7 +72,7 @@ def _main(argv: list[str]) -> None:
                 checkpoint=_CHECKPOINT.value,
                 profile_steps=_PROFILE_STEPS.value,
             )
-    except (ConfigError, CheckpointWriteError, FloatingPointError, distribute.WorkerLostError) as error:
+    except (UserInputError, CheckpointWriteError, FloatingPointError, distribute.WorkerLostError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
     except Preempted as preempted:

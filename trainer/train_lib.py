@@ -16,9 +16,10 @@ from absl import logging
 
 from trainer.cluster import distribute
 from trainer.cluster.preemption import PreemptionWatcher
+from trainer.common.errors import UserInputError
 from trainer.core import ema as ema_lib
 from trainer.core import evaluation, loop, losses, optim, precision
-from trainer.core.config import ConfigError, EvalConfig, Mode, TrainConfig
+from trainer.core.config import EvalConfig, Mode, TrainConfig
 from trainer.core.initialization import initialize_model
 from trainer.data import integrity
 from trainer.data.info import DatasetInfo
@@ -84,13 +85,13 @@ class _Run:
             ("evaluation.global_batch_size", eval_config.global_batch_size),
         ):
             if batch % strategy.num_replicas_in_sync:
-                raise ConfigError(
+                raise UserInputError(
                     f"gin binding {name}: expected a multiple of the number of replicas "
                     f"({strategy.num_replicas_in_sync}), received {batch}."
                 )
         accumulation = train_config.gradient_accumulation_steps
         if train_config.global_batch_size % (strategy.num_replicas_in_sync * accumulation):
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding train.gradient_accumulation_steps: expected a divisor of the per-replica batch "
                 f"({train_config.global_batch_size} / {strategy.num_replicas_in_sync} replicas), received "
                 f"{accumulation}."
@@ -329,10 +330,12 @@ def run(
     """
     mode = Mode.parse(mode)
     if checkpoint and mode is not Mode.EVAL:
-        raise ConfigError(f"--checkpoint={checkpoint}: expected only with --mode=eval, received --mode={mode.value}.")
+        raise UserInputError(
+            f"--checkpoint={checkpoint}: expected only with --mode=eval, received --mode={mode.value}."
+        )
     profile_window = summaries.parse_profile_steps(profile_steps)
     if not model_dir:
-        raise ConfigError("--model_dir is required: the directory for checkpoints, summaries and results.")
+        raise UserInputError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
         strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
     train_config = train_config or TrainConfig()  # strategy defaults are filled in by _Run

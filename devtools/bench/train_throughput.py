@@ -37,8 +37,9 @@ import tf_keras as keras
 
 from trainer import train_lib
 from trainer.cluster import distribute
+from trainer.common.errors import UserInputError
 from trainer.core import loop, losses, optim, precision
-from trainer.core.config import ConfigError, TrainConfig, parse_gin
+from trainer.core.config import TrainConfig, parse_gin
 from trainer.core.ema import ExponentialMovingAverage
 from trainer.observe.flops import forward_flops_per_image
 from trainer.observe.peak import Peak, matmul_chain_peak
@@ -150,7 +151,7 @@ def benchmark_crop(
     global_batch = train_config.global_batch_size
     replicas = strategy.num_replicas_in_sync
     if global_batch % (replicas * train_config.gradient_accumulation_steps):
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding train.global_batch_size: expected a multiple of the replicas ({replicas}) × "
             f"train.gradient_accumulation_steps ({train_config.gradient_accumulation_steps}), received {global_batch}."
         )

@@ -9,7 +9,7 @@ import tf_keras as keras
 
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models import DeepLabV3Plus, HubBackbone
 
 pytestmark = pytest.mark.slow
@@ -110,13 +110,13 @@ def test_trains_one_step_checkpoints_and_exports(hub_dir, tmp_path):
 
 
 def test_bad_modules_and_keys_are_config_errors(hub_dir, vector_dir, tmp_path):
-    with pytest.raises(ConfigError, match="HubBackbone.path: expected a local directory holding a SavedModel"):
+    with pytest.raises(UserInputError, match="HubBackbone.path: expected a local directory holding a SavedModel"):
         HubBackbone(str(tmp_path / "missing"), "stride4", "stride16")
-    with pytest.raises(ConfigError, match=r"expected keys among the module's outputs \['stride16', 'stride4'\]"):
+    with pytest.raises(UserInputError, match=r"expected keys among the module's outputs \['stride16', 'stride4'\]"):
         HubBackbone(hub_dir, "2", "stride16")
-    with pytest.raises(ConfigError, match=r"received one tensor of shape \(1, 4\); a module that returns a pooled"):
+    with pytest.raises(UserInputError, match=r"received one tensor of shape \(1, 4\); a module that returns a pooled"):
         HubBackbone(vector_dir, "2", "5")
-    with pytest.raises(ConfigError, match=r"HubBackbone.signature: expected one of .*\['serving_default'\]"):
+    with pytest.raises(UserInputError, match=r"HubBackbone.signature: expected one of .*\['serving_default'\]"):
         HubBackbone(hub_dir, "stride4", "stride16", signature="image_feature_vector")
 
 

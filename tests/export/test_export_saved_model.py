@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.helpers import one_device_strategy
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.synthetic import CLASS_NAMES, synthetic_shapes
 from trainer.serving import exporter, preprocessing
 
@@ -193,13 +193,13 @@ def test_best_checkpoint_is_exported_when_asked(trained_run, tmp_path):
 
 def test_export_without_a_checkpoint_is_a_config_error(trained_run, tmp_path):
     trained_run.parse_config()
-    with pytest.raises(ConfigError, match=r"expected a checkpoint in .*checkpoints, received none"):
+    with pytest.raises(UserInputError, match=r"expected a checkpoint in .*checkpoints, received none"):
         train_lib.run("export", str(tmp_path / "empty"), strategy=one_device_strategy())
     trained_run.parse_config("export.checkpoint = 'best'")
-    with pytest.raises(ConfigError, match=r"export.checkpoint='best'.*best, received none"):
+    with pytest.raises(UserInputError, match=r"export.checkpoint='best'.*best, received none"):
         train_lib.run("export", trained_run.model_dir, strategy=one_device_strategy())
     trained_run.parse_config("export.checkpoint = 'newest'")
-    with pytest.raises(ConfigError, match=r"export.checkpoint: expected one of .*'best'\), received 'newest'"):
+    with pytest.raises(UserInputError, match=r"export.checkpoint: expected one of .*'best'\), received 'newest'"):
         train_lib.run("export", trained_run.model_dir, strategy=one_device_strategy())
 
 

@@ -14,7 +14,7 @@ from tensorflow.lite.tools import flatbuffer_utils
 
 from tests.helpers import one_device_strategy
 from trainer import train_lib
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.synthetic import CLASS_NAMES, synthetic_shapes
 from trainer.serving import exporter, tflite, tflite_metadata
 
@@ -116,5 +116,5 @@ def test_int8_model_computes_in_int8_between_input_and_output(exported):
 
 
 def test_unknown_conversion_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"export.tflite_quantizations: expected a tuple of .*received 'int4'"):
+    with pytest.raises(UserInputError, match=r"export.tflite_quantizations: expected a tuple of .*received 'int4'"):
         exporter.ExportConfig(tflite_quantizations=("float32", "int4"))

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.mobilenet_v2 import InvertedResidualBlock, MobileNetV2
 
 THIN = 0.35
@@ -192,14 +192,14 @@ def test_xla_forward_and_gradient():
     ],
 )
 def test_invalid_arguments_raise_config_errors(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserInputError, match=message):
         MobileNetV2(**kwargs)
 
 
 def test_invalid_block_arguments_raise_config_errors():
-    with pytest.raises(ConfigError, match=r"expected strides == 1 or dilation_rate == 1"):
+    with pytest.raises(UserInputError, match=r"expected strides == 1 or dilation_rate == 1"):
         InvertedResidualBlock(8, 8, strides=2, dilation_rate=2)
-    with pytest.raises(ConfigError, match=r"expected strides == 1 and input_filters == output_filters"):
+    with pytest.raises(UserInputError, match=r"expected strides == 1 and input_filters == output_filters"):
         InvertedResidualBlock(8, 16, residual=True)
 
 

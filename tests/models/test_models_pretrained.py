@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models import DeepLabV3Plus, ResNet
 from trainer.models.pretrained import LoadReport, load_keras_applications_h5, restore_from_checkpoint
 
@@ -89,7 +89,7 @@ def test_full_model_h5_loads_and_beta_stem_is_refused(keras_resnet50, tmp_path):
     beta = _built_resnet(stem="beta")
     assert "conv1_conv" not in beta.keras_application_layers()
     # The beta stem ends in 128 channels, so stage 1's first convs cannot take keras' 64-channel kernels.
-    with pytest.raises(ConfigError, match=r"conv2_block1_0_conv.*\(1, 1, 128, 256\).*\(1, 1, 64, 256\)"):
+    with pytest.raises(UserInputError, match=r"conv2_block1_0_conv.*\(1, 1, 128, 256\).*\(1, 1, 64, 256\)"):
         load_keras_applications_h5(beta, path)
 
 
@@ -103,7 +103,7 @@ def test_h5_wrong_shape_names_the_layer(keras_resnet50, tmp_path):
         group.create_dataset(weight_name, data=np.zeros([3, 3, 128, 64], np.float32))
     backbone = _built_resnet()
     before = backbone.stem_conv.conv.kernel.numpy()
-    with pytest.raises(ConfigError, match=r"conv3_block2_2_conv.*wrong\.h5.*\(3, 3, 128, 128\).*\(3, 3, 128, 64\)"):
+    with pytest.raises(UserInputError, match=r"conv3_block2_2_conv.*wrong\.h5.*\(3, 3, 128, 128\).*\(3, 3, 128, 64\)"):
         load_keras_applications_h5(backbone, path)
     np.testing.assert_array_equal(backbone.stem_conv.conv.kernel.numpy(), before)  # nothing assigned
 
@@ -118,19 +118,19 @@ def test_h5_trivial_match_missing_file_and_unsupported_backbone(keras_resnet50, 
         for weight in layer.weights:
             group.create_dataset(weight.name, data=weight.numpy())
     backbone = _built_resnet()
-    with pytest.raises(ConfigError, match=r"expected at least 90% of the 106 layers .*near_empty\.h5.*received 1"):
+    with pytest.raises(UserInputError, match=r"expected at least 90% of the 106 layers .*near_empty\.h5.*received 1"):
         load_keras_applications_h5(backbone, path)
     assert load_keras_applications_h5(backbone, path, min_matched_fraction=0.005).matched == ("conv1_conv",)
 
-    with pytest.raises(ConfigError, match=r"no_such\.h5"):
+    with pytest.raises(UserInputError, match=r"no_such\.h5"):
         load_keras_applications_h5(backbone, str(tmp_path / "no_such.h5"))
     not_h5 = tmp_path / "text.h5"
     not_h5.write_text("not hdf5")
-    with pytest.raises(ConfigError, match=r"cannot read .*text\.h5"):
+    with pytest.raises(UserInputError, match=r"cannot read .*text\.h5"):
         load_keras_applications_h5(backbone, str(not_h5))
-    with pytest.raises(ConfigError, match=r"keras_application_layers.*ResNet, MobileNetV2.*received Sequential"):
+    with pytest.raises(UserInputError, match=r"keras_application_layers.*ResNet, MobileNetV2.*received Sequential"):
         load_keras_applications_h5(keras.Sequential([keras.layers.Dense(2)]), path)
-    with pytest.raises(ConfigError, match=r"expected a built backbone"):
+    with pytest.raises(UserInputError, match=r"expected a built backbone"):
         load_keras_applications_h5(ResNet(), path)
 
 
@@ -195,23 +195,23 @@ def test_checkpoint_backbone_only(saved_21_class_model):
 def test_checkpoint_errors_are_loud(saved_21_class_model, tmp_path):
     _, directory = saved_21_class_model
     model = _tiny_deeplab(5)
-    with pytest.raises(ConfigError, match=r"expected `parts` in \('backbone', 'backbone\+aspp', 'all'\)"):
+    with pytest.raises(UserInputError, match=r"expected `parts` in \('backbone', 'backbone\+aspp', 'all'\)"):
         restore_from_checkpoint(model, directory, parts="head")
-    with pytest.raises(ConfigError, match=r"without one"):
+    with pytest.raises(UserInputError, match=r"without one"):
         restore_from_checkpoint(model, str(tmp_path))
-    with pytest.raises(ConfigError, match=r"expected a checkpoint prefix"):
+    with pytest.raises(UserInputError, match=r"expected a checkpoint prefix"):
         restore_from_checkpoint(model, str(tmp_path / "ckpt-9"))
-    with pytest.raises(ConfigError, match=r"expected a built model"):
+    with pytest.raises(UserInputError, match=r"expected a built model"):
         restore_from_checkpoint(DeepLabV3Plus(5, backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=8)), directory)
 
     wider = DeepLabV3Plus(5, backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=16), **TINY_HEAD)
     wider(tf.zeros([1, 32, 32, 3]))
-    with pytest.raises(ConfigError, match=r"did not match"):
+    with pytest.raises(UserInputError, match=r"did not match"):
         restore_from_checkpoint(wider, directory)
 
     other_root = tmp_path / "other"
     tf.train.Checkpoint(network=_tiny_deeplab(5)).save(str(other_root / "ckpt"))
-    with pytest.raises(ConfigError, match=r"did not match"):
+    with pytest.raises(UserInputError, match=r"did not match"):
         restore_from_checkpoint(model, str(other_root))
 
 

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.separable import SeparableConvBNReLU
 from trainer.models.xception import Xception65, XceptionBlock
 
@@ -222,7 +222,7 @@ def test_serialization_names_do_not_collide_with_other_model_files():
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):
-    with pytest.raises(ConfigError, match=r"Xception65: " + message):
+    with pytest.raises(UserInputError, match=r"Xception65: " + message):
         Xception65(**{**TINY, **kwargs})
 
 
@@ -236,7 +236,7 @@ def test_invalid_arguments_raise_clear_errors(kwargs, message):
     ],
 )
 def test_invalid_block_arguments_raise_clear_errors(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(UserInputError, match=message):
         XceptionBlock(**kwargs)
 
 

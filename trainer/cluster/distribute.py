@@ -20,7 +20,8 @@ from absl import logging
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.eager import context as eager_context
 
-from trainer.core.config import ConfigError, FlagEnum
+from trainer.common.errors import UserInputError
+from trainer.core.config import FlagEnum
 
 # Steps per host loop (one `tf.function` call) when `train.steps_per_loop` is left to the strategy: a TPU step
 # takes milliseconds and every host round trip idles the chips, so TPUs run long loops.
@@ -55,7 +56,7 @@ class WorkerLostError(RuntimeError):
 
 def _check_choice(binding: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding {binding}: expected one of {{{', '.join(choices)}}}, received {value!r} "
             f"(of type {type(value).__name__})."
         )
@@ -81,7 +82,7 @@ class MirroredConfig:
     def build(self, num_gpus: int) -> tf.distribute.CrossDeviceOps | None:
         """Returns the CrossDeviceOps to hand MirroredStrategy (None lets TensorFlow choose)."""
         if self.cross_device_ops == "nccl" and not num_gpus:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding mirrored.cross_device_ops: expected a value that works without GPUs on this machine "
                 "(it has none), received 'nccl' (NCCL runs on GPUs only). Use 'reduce_to_one' or "
                 "'hierarchical_copy', or leave it at 'auto'."
@@ -120,13 +121,13 @@ class MultiWorkerConfig:
             or not isinstance(self.timeout_seconds, int | float)
             or self.timeout_seconds <= 0
         ):
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding multi_worker.timeout_seconds: expected None or a positive number of seconds, received "
                 f"{self.timeout_seconds!r} (of type {type(self.timeout_seconds).__name__})."
             )
         heartbeat = self.heartbeat_timeout_seconds
         if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat <= 0:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding multi_worker.heartbeat_timeout_seconds: expected a positive integer, received "
                 f"{heartbeat!r} (of type {type(heartbeat).__name__})."
             )
@@ -160,36 +161,36 @@ class Placement:
         object.__setattr__(self, "worker_hosts", tuple(h.strip() for h in self.worker_hosts if h.strip()))
         for flag, value in (("--tpu_zone", self.tpu_zone), ("--gcp_project", self.gcp_project)):
             if value and not self.tpu:
-                raise ConfigError(f"{flag}={value}: it locates a TPU by name, so it needs --tpu=<TPU name> too.")
+                raise UserInputError(f"{flag}={value}: it locates a TPU by name, so it needs --tpu=<TPU name> too.")
             if value and (self.tpu == "local" or self.tpu.startswith("grpc://")):
-                raise ConfigError(
+                raise UserInputError(
                     f"{flag}={value}: expected only with a TPU name, received --tpu={self.tpu}, which needs no "
                     f"zone or project; drop {flag}."
                 )
         if self.tpu and self.worker_hosts:
-            raise ConfigError(
+            raise UserInputError(
                 "--tpu and --worker_hosts: expected one of them, received both. A TPU job is one process per TPU "
                 "host, found through --tpu; --worker_hosts describes a MultiWorkerMirrored cluster."
             )
         if self.worker_hosts and self.task_index is None:
-            raise ConfigError(
+            raise UserInputError(
                 f"--worker_hosts={','.join(self.worker_hosts)}: expected --task_index too (this worker's index "
                 "in the list, 0 on the chief), received none."
             )
         if self.task_index is not None and not self.worker_hosts:
-            raise ConfigError(
+            raise UserInputError(
                 f"--task_index={self.task_index}: expected --worker_hosts too (every worker's host:port, "
                 "comma-separated), received none."
             )
         for host in self.worker_hosts:
             _check_address("--worker_hosts", host)
         if len(set(self.worker_hosts)) != len(self.worker_hosts):
-            raise ConfigError(
+            raise UserInputError(
                 f"--worker_hosts={','.join(self.worker_hosts)}: expected distinct host:port addresses, received a "
                 "duplicate."
             )
         if self.worker_hosts and not 0 <= self.task_index < len(self.worker_hosts):
-            raise ConfigError(
+            raise UserInputError(
                 f"--task_index: expected an index into the {len(self.worker_hosts)} --worker_hosts "
                 f"(0 to {len(self.worker_hosts) - 1}), received {self.task_index}."
             )
@@ -198,7 +199,7 @@ class Placement:
 def _check_address(where: str, address: object) -> None:
     host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: expected host:port addresses such as 10.0.0.2:2222, received {address!r}.")
+        raise UserInputError(f"{where}: expected host:port addresses such as 10.0.0.2:2222, received {address!r}.")
 
 
 def configure_virtual_cpus(count: int) -> None:
@@ -214,7 +215,7 @@ def configure_virtual_cpus(count: int) -> None:
             cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
         )
     except RuntimeError as error:
-        raise ConfigError(
+        raise UserInputError(
             f"--virtual_cpus={count}: TensorFlow was already initialised, so the CPU can no longer be split ({error})."
         ) from None
 
@@ -223,7 +224,7 @@ def tf_config() -> dict:
     """Returns the parsed and checked TF_CONFIG environment variable, or {} when it is unset.
 
     Raises:
-      ConfigError: on malformed JSON, unknown task types, addresses without a port, or a task not in the cluster.
+      UserInputError: on malformed JSON, unknown task types, addresses without a port, or a task not in the cluster.
     """
     raw = os.environ.get("TF_CONFIG", "")
     if not raw.strip():
@@ -231,35 +232,35 @@ def tf_config() -> dict:
     try:
         config = json.loads(raw)
     except json.JSONDecodeError as error:
-        raise ConfigError(
+        raise UserInputError(
             f"TF_CONFIG: expected JSON such as {_TF_CONFIG_EXAMPLE}, received {raw!r} ({error})."
         ) from None
     if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or "task" not in config:
-        raise ConfigError(
+        raise UserInputError(
             f"TF_CONFIG: expected a JSON object with 'cluster' and 'task' keys, received {raw!r}. "
             f"Example: {_TF_CONFIG_EXAMPLE}."
         )
     cluster, task = config["cluster"], config["task"]
     for job, hosts in cluster.items():
         if job not in _CLUSTER_JOBS:
-            raise ConfigError(
+            raise UserInputError(
                 f"TF_CONFIG: expected cluster jobs among {{{', '.join(_CLUSTER_JOBS)}}}, received {job!r} "
                 "(parameter servers are not supported: this trainer is synchronous data-parallel)."
             )
         if not isinstance(hosts, list) or not hosts:
-            raise ConfigError(f"TF_CONFIG: expected cluster.{job} to be a list of host:port, received {hosts!r}.")
+            raise UserInputError(f"TF_CONFIG: expected cluster.{job} to be a list of host:port, received {hosts!r}.")
         for host in hosts:
             _check_address(f"TF_CONFIG cluster.{job}", host)
     if len(cluster.get("chief", [])) > 1:
-        raise ConfigError(f"TF_CONFIG: expected at most one chief, received {cluster['chief']!r}.")
+        raise UserInputError(f"TF_CONFIG: expected at most one chief, received {cluster['chief']!r}.")
     if not isinstance(task, dict) or task.get("type") not in cluster:
-        raise ConfigError(
+        raise UserInputError(
             f"TF_CONFIG: expected task.type to name a job of the cluster ({', '.join(cluster)}), received "
             f"{task.get('type') if isinstance(task, dict) else task!r}."
         )
     index = task.get("index", 0)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
-        raise ConfigError(
+        raise UserInputError(
             f"TF_CONFIG: expected task.index in [0, {len(cluster[task['type']])}) for job {task['type']!r}, "
             f"received {index!r}."
         )
@@ -274,11 +275,11 @@ def cluster_resolver(placement: Placement) -> tf.distribute.cluster_resolver.Clu
     """Returns this worker's cluster resolver: from TF_CONFIG, else from --worker_hosts; None for neither.
 
     Raises:
-      ConfigError: if both are given, or TF_CONFIG is malformed.
+      UserInputError: if both are given, or TF_CONFIG is malformed.
     """
     config = tf_config()
     if config and placement.worker_hosts:
-        raise ConfigError(
+        raise UserInputError(
             "TF_CONFIG and --worker_hosts: expected one description of the cluster, received both. Unset TF_CONFIG "
             "or drop --worker_hosts/--task_index."
         )
@@ -323,9 +324,9 @@ def resolve_strategy_name(name: "str | StrategyName", placement: Placement | Non
 
 def _check_placement_applies(name: StrategyName, placement: Placement) -> None:
     if placement.tpu and name is not StrategyName.TPU:
-        raise ConfigError(f"--tpu={placement.tpu}: expected --strategy=tpu or auto with it, received {name.value}.")
+        raise UserInputError(f"--tpu={placement.tpu}: expected --strategy=tpu or auto with it, received {name.value}.")
     if placement.worker_hosts and name is not StrategyName.MULTI_WORKER_MIRRORED:
-        raise ConfigError(
+        raise UserInputError(
             f"--worker_hosts: expected --strategy=multi_worker_mirrored or auto with it, received {name.value}."
         )
 
@@ -340,7 +341,7 @@ def _multi_worker_strategy(
 ) -> tf.distribute.MultiWorkerMirroredStrategy:
     resolver = cluster_resolver(placement)
     if resolver is None:
-        raise ConfigError(
+        raise UserInputError(
             "--strategy=multi_worker_mirrored: expected the cluster in the TF_CONFIG environment variable (e.g. "
             f"{_TF_CONFIG_EXAMPLE}) or in --worker_hosts=host1:2222,host2:2222 --task_index=<0, 1, ...>, received "
             "neither."
@@ -369,7 +370,7 @@ def _multi_worker_strategy(
             raise
         address = cluster[resolver.task_type][resolver.task_id]
         source = "--worker_hosts" if placement.worker_hosts else "TF_CONFIG"
-        raise ConfigError(
+        raise UserInputError(
             f"{source}: this worker (/job:{resolver.task_type}/task:{resolver.task_id}) could not listen on the port "
             f"of its address {address} (TensorFlow: Could not start gRPC server). Expected a free port: another "
             "process on this machine holds it (an earlier run still alive?). Stop that process or give this worker "
@@ -380,7 +381,7 @@ def _multi_worker_strategy(
 def _tpu_strategy(placement: Placement) -> tf.distribute.TPUStrategy:
     tpu = placement.tpu
     if not tpu:
-        raise ConfigError(
+        raise UserInputError(
             "--strategy=tpu: expected --tpu too (a TPU name with --tpu_zone/--gcp_project, a grpc:// address, or "
             "'local' on a TPU VM), received none."
         )
@@ -402,7 +403,7 @@ def _tpu_strategy(placement: Placement) -> tf.distribute.TPUStrategy:
     # failure means the same thing here and is reported, not swallowed.
     except Exception as error:
         first_line = (str(error).splitlines() or [""])[0] or type(error).__name__
-        raise ConfigError(
+        raise UserInputError(
             f"--strategy=tpu {where}: no TPU could be reached from this machine ({type(error).__name__}: "
             f"{first_line}). Expected a TPU: run on a TPU VM with --tpu=local, or name a TPU that exists with "
             "--tpu=<name> --tpu_zone=<zone> --gcp_project=<project> (`gcloud compute tpus tpu-vm list "
@@ -430,7 +431,7 @@ def create_strategy(
       The strategy. Mirrored without GPUs uses every logical CPU (see `--virtual_cpus`).
 
     Raises:
-      ConfigError: for flags that do not fit the strategy, a malformed TF_CONFIG, or a TPU that is not there.
+      UserInputError: for flags that do not fit the strategy, a malformed TF_CONFIG, or a TPU that is not there.
     """
     placement = placement or Placement()
     name = resolve_strategy_name(name, placement)

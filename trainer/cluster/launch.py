@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 LAUNCHER_PREFIX = "[launch]"
 # Flags the launcher sets itself through TF_CONFIG; passing them too would describe the cluster twice.
@@ -117,12 +117,12 @@ class LocalJob:
         poll_seconds: float = 0.2,
     ):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise ConfigError(f"--workers: expected a positive number of workers, received {num_workers!r}.")
+            raise UserInputError(f"--workers: expected a positive number of workers, received {num_workers!r}.")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise ConfigError(f"--max_restarts: expected an integer >= 0, received {max_restarts!r}.")
+            raise UserInputError(f"--max_restarts: expected an integer >= 0, received {max_restarts!r}.")
         for arg in trainer_args:
             if arg.split("=")[0] in _CLUSTER_FLAGS:
-                raise ConfigError(
+                raise UserInputError(
                     f"trainer flag {arg}: expected no --worker_hosts/--task_index after `--`, since the launcher "
                     "describes the cluster to every worker in TF_CONFIG; drop it."
                 )

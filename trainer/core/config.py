@@ -2,36 +2,14 @@
 
 import dataclasses
 import difflib
-import enum
 import inspect
 import re
 from collections.abc import Sequence
 
 import gin
 
-
-class ConfigError(ValueError):
-    """A user-facing configuration error: the message says what is wrong and how to fix it."""
-
-
-class FlagEnum(enum.Enum):
-    """An enum whose values a flag accepts; `parse` turns a bad value into a ConfigError naming the flag."""
-
-    @classmethod
-    def flag_name(cls) -> str:
-        """The flag that takes these values, e.g. `--mode`."""
-        raise NotImplementedError
-
-    @classmethod
-    def parse(cls, value: "str | FlagEnum") -> "FlagEnum":
-        """Returns the member named `value`, or raises ConfigError listing the valid ones."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            valid = ", ".join(member.value for member in cls)
-            raise ConfigError(f"{cls.flag_name()}: expected one of {{{valid}}}, received {value!r}.") from None
+from trainer.common.errors import UserInputError
+from trainer.common.validate import FlagEnum
 
 
 class Mode(FlagEnum):
@@ -50,7 +28,7 @@ class Mode(FlagEnum):
 
 def _check_positive(binding: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding {binding}: expected a positive integer, received {value!r} (of type {type(value).__name__})."
         )
 
@@ -95,10 +73,10 @@ class TrainConfig:
         for name in ("summary_every", "nan_recovery_attempts"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"gin binding train.{name}: expected an integer >= 0, received {value!r}.")
+                raise UserInputError(f"gin binding train.{name}: expected an integer >= 0, received {value!r}.")
         _check_positive("train.max_checkpoints_to_keep", self.max_checkpoints_to_keep)
         if self.l2_weight_decay < 0:
-            raise ConfigError(f"gin binding train.l2_weight_decay: expected >= 0, received {self.l2_weight_decay}.")
+            raise UserInputError(f"gin binding train.l2_weight_decay: expected >= 0, received {self.l2_weight_decay}.")
 
 
 @gin.configurable("evaluation")
@@ -119,7 +97,7 @@ class EvalConfig:
         _check_positive("evaluation.every_steps", self.every_steps)
         _check_positive("evaluation.global_batch_size", self.global_batch_size)
         if not isinstance(self.continuous_timeout_secs, int | float) or self.continuous_timeout_secs <= 0:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding evaluation.continuous_timeout_secs: expected a positive number of seconds, received "
                 f"{self.continuous_timeout_secs!r}."
             )
@@ -148,19 +126,19 @@ def _suggest_parameter(configurable_name: str, unknown: str) -> str:
 
 
 def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
-    """Parses gin files then bindings, turning gin's errors into a ConfigError that names the culprit."""
+    """Parses gin files then bindings, turning gin's errors into a UserInputError that names the culprit."""
     for path in gin_files:
         try:
             gin.parse_config_file(path)
         except OSError as error:
-            raise ConfigError(f"--gin_file={path}: cannot read it ({error}).") from None
+            raise UserInputError(f"--gin_file={path}: cannot read it ({error}).") from None
         except (ValueError, SyntaxError) as error:
-            raise ConfigError(f"--gin_file={path}: {_explain(error)}") from None
+            raise UserInputError(f"--gin_file={path}: {_explain(error)}") from None
     for binding in gin_bindings:
         try:
             gin.parse_config(binding)
         except (ValueError, SyntaxError) as error:
-            raise ConfigError(f"--gin_bindings={binding!r}: {_explain(error)}") from None
+            raise UserInputError(f"--gin_bindings={binding!r}: {_explain(error)}") from None
 
 
 def _explain(error: Exception) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ExponentialMovingAverage(tf.Module):
     def __init__(self, variables: Sequence[tf.Variable], decay: float, name: str = "ema"):
         super().__init__(name=name)
         if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0.0 < decay < 1.0:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding train.ema_decay: expected a decay in (0, 1) such as 0.9998, or None to disable the "
                 f"moving average, received {decay!r}."
             )

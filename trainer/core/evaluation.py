@@ -20,8 +20,9 @@ import tf_keras as keras
 from absl import logging
 
 from trainer.cluster.distribute import TaskInfo
+from trainer.common.errors import UserInputError
 from trainer.core import loop, metrics
-from trainer.core.config import ConfigError, EvalConfig
+from trainer.core.config import EvalConfig
 from trainer.core.inference import InferenceConfig
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
@@ -159,7 +160,7 @@ class Evaluator:
     ):
         if eval_config.best_metric not in metrics.SCALAR_METRICS:
             valid = ", ".join(metrics.SCALAR_METRICS)
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding evaluation.best_metric: expected one of {{{valid}}}, "
                 f"received {eval_config.best_metric!r}."
             )
@@ -275,12 +276,12 @@ def resolve_checkpoint(checkpoint: str | None, checkpoint_dir: str) -> str:
     `checkpoint_dir`.
 
     Raises:
-      ConfigError: if there is no such checkpoint.
+      UserInputError: if there is no such checkpoint.
     """
     if checkpoint is None:
         path = tf.train.latest_checkpoint(checkpoint_dir)
         if path is None:
-            raise ConfigError(
+            raise UserInputError(
                 f"--mode=eval: no checkpoint in {checkpoint_dir} to evaluate. Train first, or pass "
                 "--checkpoint=<prefix or directory>."
             )
@@ -291,7 +292,7 @@ def resolve_checkpoint(checkpoint: str | None, checkpoint_dir: str) -> str:
         path = tf.train.latest_checkpoint(checkpoint)
         if path is not None:
             return path
-    raise ConfigError(
+    raise UserInputError(
         f"--checkpoint={checkpoint}: expected a checkpoint prefix (e.g. model_dir/checkpoints/ckpt-500, with a "
         "'.index' file next to it) or a directory with a 'checkpoint' state file (e.g. model_dir/best), "
         "received a path that is neither."
@@ -342,7 +343,7 @@ def continuous_evaluate(
       The report of the last checkpoint evaluated (or already reported), or None if none came.
     """
     if isinstance(evaluator.strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        raise ConfigError(
+        raise UserInputError(
             "--mode=continuous_eval: expected a single-host strategy (one_device, mirrored or tpu), received "
             "--strategy=multi_worker_mirrored. Run continuous evaluation as one job beside training: separate "
             "workers would each pick up checkpoints at different times."

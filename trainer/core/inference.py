@@ -15,7 +15,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 LogitsFn = Callable[[tf.Tensor], tf.Tensor]
 
@@ -32,7 +32,7 @@ def _pair(binding: str, value: Sequence[int] | None) -> tuple[int, int] | None:
         return None
     pair = tuple(value) if isinstance(value, list | tuple) else (value,)
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding {binding}: expected (height, width) of two positive ints, received {value!r} "
             f"(of type {type(value).__name__})."
         )
@@ -65,7 +65,7 @@ class InferenceConfig:
             mode = InferenceMode(self.mode.value if isinstance(self.mode, InferenceMode) else self.mode)
         except ValueError:
             valid = ", ".join(repr(m.value) for m in InferenceMode)
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding inference.mode: expected one of {{{valid}}}, received {self.mode!r}."
             ) from None
         object.__setattr__(self, "mode", mode.value)
@@ -75,15 +75,15 @@ class InferenceConfig:
         object.__setattr__(self, "stride", stride)
         scales = tuple(self.scales) if isinstance(self.scales, list | tuple) else (self.scales,)
         if not scales or not all(isinstance(s, int | float) and not isinstance(s, bool) and s > 0 for s in scales):
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding inference.scales: expected a non-empty tuple of positive numbers, e.g. "
                 f"(0.75, 1.0, 1.25), received {self.scales!r}."
             )
         object.__setattr__(self, "scales", tuple(float(s) for s in scales))
         if not isinstance(self.flip, bool):
-            raise ConfigError(f"gin binding inference.flip: expected True or False, received {self.flip!r}.")
+            raise UserInputError(f"gin binding inference.flip: expected True or False, received {self.flip!r}.")
         if crop_size and stride and (stride[0] > crop_size[0] or stride[1] > crop_size[1]):
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding inference.stride: expected at most the window size {crop_size} in each dimension "
                 f"(a larger stride leaves pixels no window covers), received {stride}."
             )
@@ -98,16 +98,16 @@ class InferenceConfig:
         """Returns the sliding window's (crop_size, stride), the stride defaulting to two thirds of the crop.
 
         Raises:
-          ConfigError: if no crop size is known.
+          UserInputError: if no crop size is known.
         """
         if self.crop_size is None:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding inference.crop_size: expected (height, width) of the sliding window with "
                 "inference.mode='slide', received None."
             )
         stride = self.stride or tuple(max(1, 2 * size // 3) for size in self.crop_size)
         if stride[0] > self.crop_size[0] or stride[1] > self.crop_size[1]:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding inference.stride: expected at most the window size {self.crop_size} in each "
                 f"dimension, received {stride}."
             )

@@ -4,7 +4,7 @@ import gin
 import tf_keras as keras
 from absl import logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models import pretrained
 
 
@@ -26,7 +26,7 @@ def initialize_model(
         number of classes re-initialises only the classifier).
     """
     if keras_h5 and checkpoint:
-        raise ConfigError(
+        raise UserInputError(
             "gin bindings init.keras_h5 and init.checkpoint: expected at most one source of initial weights, "
             f"received both ({keras_h5!r} and {checkpoint!r})."
         )

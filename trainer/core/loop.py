@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common.errors import UserInputError
 from trainer.core import losses, metrics, optim, precision
-from trainer.core.config import ConfigError
 from trainer.core.ema import ExponentialMovingAverage
 from trainer.core.inference import InferenceConfig, predict_logits
 
@@ -69,23 +69,23 @@ def make_train_loop(
       if none) and `steps` (int32 steps run).
 
     Raises:
-      ConfigError: inconsistent settings (accumulation steps, weight decay with AdamW, class weights).
+      UserInputError: inconsistent settings (accumulation steps, weight decay with AdamW, class weights).
     """
     if isinstance(gradient_accumulation_steps, bool) or not (
         isinstance(gradient_accumulation_steps, int) and gradient_accumulation_steps >= 1
     ):
-        raise ConfigError(
+        raise UserInputError(
             "gin binding train.gradient_accumulation_steps: expected a positive integer, received "
             f"{gradient_accumulation_steps!r}."
         )
     if l2_weight_decay and optim.decouples_weight_decay(optimizer):
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding train.l2_weight_decay: expected 0 with optimizer.algorithm = 'adamw', received "
             f"{l2_weight_decay}; AdamW decays the weights itself (optimizer.weight_decay), an L2 term in the loss "
             "would decay them twice. Set train.l2_weight_decay = 0."
         )
     if summary_every < 0:
-        raise ConfigError(f"gin binding train.summary_every: expected >= 0, received {summary_every!r}.")
+        raise UserInputError(f"gin binding train.summary_every: expected >= 0, received {summary_every!r}.")
     loss = loss or losses.SegmentationLoss()
     if getattr(model, "num_classes", None) is not None:
         loss.check_num_classes(model.num_classes)
@@ -118,7 +118,7 @@ def make_train_loop(
     ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
         batch = images.shape[0]
         if batch is not None and batch % accumulation:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding train.gradient_accumulation_steps: expected a divisor of the per-replica batch "
                 f"({batch} = train.global_batch_size / {strategy.num_replicas_in_sync} replicas), received "
                 f"{accumulation}."

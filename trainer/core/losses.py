@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import gin
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 
 def pixel_cross_entropy_sum(labels: tf.Tensor, logits: tf.Tensor, ignore_label: int) -> tuple[tf.Tensor, tf.Tensor]:
@@ -75,29 +75,29 @@ class SegmentationLoss:
             if not weights or any(
                 isinstance(w, bool) or not isinstance(w, int | float) or w < 0 or w != w for w in weights
             ):
-                raise ConfigError(
+                raise UserInputError(
                     "gin binding loss.class_weights: expected a non-empty tuple of non-negative numbers, one per "
                     f"class, received {self.class_weights!r}."
                 )
             if not any(weights):
-                raise ConfigError(
+                raise UserInputError(
                     f"gin binding loss.class_weights: expected at least one positive weight, received {weights!r}."
                 )
             object.__setattr__(self, "class_weights", tuple(float(w) for w in weights))
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding loss.label_smoothing: expected 0 <= epsilon < 1, received {self.label_smoothing!r}."
             )
         if not 0.0 < self.top_k_percent_pixels <= 1.0:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding loss.top_k_percent_pixels: expected a fraction in (0, 1] of the pixels to keep "
                 f"(e.g. 0.2 keeps the hardest 20%), received {self.top_k_percent_pixels!r}."
             )
 
     def check_num_classes(self, num_classes: int) -> None:
-        """Raises ConfigError if `class_weights` does not have one weight per class."""
+        """Raises UserInputError if `class_weights` does not have one weight per class."""
         if self.class_weights is not None and len(self.class_weights) != num_classes:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding loss.class_weights: expected {num_classes} weights (one per class of the dataset), "
                 f"received {len(self.class_weights)}: {self.class_weights!r}."
             )

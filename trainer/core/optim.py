@@ -15,7 +15,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.core.losses import is_decayed
 
 
@@ -28,9 +28,9 @@ class _WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, initial_learning_rate: float, decay_steps: int, warmup_steps: int = 0):
         super().__init__()
         if decay_steps <= 0:
-            raise ConfigError(f"learning-rate schedule: expected decay_steps > 0, received {decay_steps}.")
+            raise UserInputError(f"learning-rate schedule: expected decay_steps > 0, received {decay_steps}.")
         if not 0 <= warmup_steps < decay_steps:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding optimizer.warmup_steps: expected 0 <= warmup_steps < train.steps ({decay_steps}), "
                 f"received {warmup_steps}."
             )
@@ -118,12 +118,12 @@ class WarmupStepDecay(_WarmupSchedule):
             or any(isinstance(b, bool) or not isinstance(b, int) or b <= 0 for b in boundaries)
             or list(boundaries) != sorted(set(boundaries))
         ):
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding optimizer.step_boundaries: expected a non-empty, strictly ascending tuple of positive "
                 f"step numbers at which the learning rate drops, received {boundaries!r}."
             )
         if not 0.0 < factor < 1.0:
-            raise ConfigError(f"gin binding optimizer.step_factor: expected 0 < factor < 1, received {factor!r}.")
+            raise UserInputError(f"gin binding optimizer.step_factor: expected 0 < factor < 1, received {factor!r}.")
         self.boundaries = boundaries
         self.factor = factor
 
@@ -214,7 +214,7 @@ def _parse(enum_type: type[enum.Enum], value, binding: str) -> enum.Enum:
         return enum_type(value)
     except ValueError:
         valid = ", ".join(member.value for member in enum_type)
-        raise ConfigError(f"gin binding {binding}: expected one of {{{valid}}}, received {value!r}.") from None
+        raise UserInputError(f"gin binding {binding}: expected one of {{{valid}}}, received {value!r}.") from None
 
 
 def decouples_weight_decay(optimizer: keras.optimizers.Optimizer) -> bool:
@@ -261,23 +261,23 @@ def build_optimizer(
     algorithm = _parse(Algorithm, algorithm, "optimizer.algorithm")
     schedule = _parse(Schedule, schedule, "optimizer.schedule")
     if learning_rate <= 0:
-        raise ConfigError(f"gin binding optimizer.learning_rate: expected > 0, received {learning_rate}.")
+        raise UserInputError(f"gin binding optimizer.learning_rate: expected > 0, received {learning_rate}.")
     if global_clipnorm is not None and not global_clipnorm > 0:
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding optimizer.global_clipnorm: expected a norm > 0 or None (no clipping), "
             f"received {global_clipnorm!r}."
         )
     if not backbone_learning_rate_multiplier >= 0:
-        raise ConfigError(
+        raise UserInputError(
             "gin binding optimizer.backbone_learning_rate_multiplier: expected >= 0, "
             f"received {backbone_learning_rate_multiplier!r}."
         )
     if algorithm is Algorithm.ADAMW:
         weight_decay = 0.01 if weight_decay is None else weight_decay
         if weight_decay < 0:
-            raise ConfigError(f"gin binding optimizer.weight_decay: expected >= 0, received {weight_decay!r}.")
+            raise UserInputError(f"gin binding optimizer.weight_decay: expected >= 0, received {weight_decay!r}.")
     elif weight_decay is not None:
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding optimizer.weight_decay: decoupled weight decay applies to algorithm 'adamw', received "
             f"{weight_decay!r} with algorithm {algorithm.value!r}; {algorithm.value} decays weights through an L2 "
             "term in the loss: set train.l2_weight_decay instead."
@@ -303,12 +303,12 @@ def build_optimizer(
     if backbone_learning_rate_multiplier != 1.0:
         backbone = getattr(model, "backbone", None)
         if backbone is None:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding optimizer.backbone_learning_rate_multiplier: expected a model with a `backbone` "
                 f"(a DeepLab model), received {type(model).__name__}; leave the multiplier at 1.0 for this model."
             )
         if not backbone.trainable_variables:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding optimizer.backbone_learning_rate_multiplier: the backbone has no variables yet; build "
                 "the model (call it once) before the optimizer."
             )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 
 class Precision(enum.Enum):
@@ -24,14 +24,14 @@ class Precision(enum.Enum):
 
 
 def parse(value: "str | Precision", binding: str = "train.precision") -> Precision:
-    """Returns the `Precision` named `value`, or raises ConfigError naming `binding` and the valid values."""
+    """Returns the `Precision` named `value`, or raises UserInputError naming `binding` and the valid values."""
     if isinstance(value, Precision):
         return value
     try:
         return Precision(value)
     except ValueError:
         valid = ", ".join(p.value for p in Precision)
-        raise ConfigError(
+        raise UserInputError(
             f"gin binding {binding}: expected one of {{{valid}}}, received {value!r}. float32 is exact; "
             "mixed_bfloat16 suits TPUs and recent CPUs, mixed_float16 suits NVIDIA GPUs (it adds loss scaling)."
         ) from None

@@ -9,7 +9,7 @@ import math
 
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 
 def random_scale(
@@ -27,14 +27,14 @@ def random_scale(
         ... up to max_scale (DeepLab's `scale_factor_step_size`, e.g. 0.25 over [0.5, 2.0]).
 
     Raises:
-      ConfigError: if not 0 < min_scale <= max_scale, or scale_step < 0.
+      UserInputError: if not 0 < min_scale <= max_scale, or scale_step < 0.
     """
     if not 0 < min_scale <= max_scale:
-        raise ConfigError(
+        raise UserInputError(
             f"random_scale: expected 0 < min_scale <= max_scale, received min_scale={min_scale}, max_scale={max_scale}"
         )
     if scale_step < 0:
-        raise ConfigError(f"random_scale: expected scale_step >= 0, received {scale_step}")
+        raise UserInputError(f"random_scale: expected scale_step >= 0, received {scale_step}")
     if scale_step > 0:
         # The small tolerance keeps max_scale among the choices when (max - min) / step is a whole number.
         num_scales = int(math.floor((max_scale - min_scale) / scale_step + 1e-6)) + 1

@@ -8,7 +8,7 @@ import re
 
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 INFO_FILENAME = "dataset_info.json"
 
@@ -91,53 +91,53 @@ class DatasetInfo:
         )
         where = f"DatasetInfo(name={self.name!r})"
         if self.num_classes <= 0:
-            raise ConfigError(f"{where}: expected num_classes > 0, received {self.num_classes}")
+            raise UserInputError(f"{where}: expected num_classes > 0, received {self.num_classes}")
         if len(self.class_names) != self.num_classes:
-            raise ConfigError(
+            raise UserInputError(
                 f"{where}: expected {self.num_classes} class_names (one per class), "
                 f"received {len(self.class_names)}: {self.class_names}"
             )
         if 0 <= self.ignore_label < self.num_classes:
-            raise ConfigError(
+            raise UserInputError(
                 f"{where}: expected ignore_label outside the class ids [0, {self.num_classes}), "
                 f"received {self.ignore_label}"
             )
         for split in ("train", "eval"):
             if not getattr(self, f"{split}_files"):
-                raise ConfigError(f"{where}: expected at least one file in {split}_files, received none")
+                raise UserInputError(f"{where}: expected at least one file in {split}_files, received none")
             if getattr(self, f"num_{split}_examples") <= 0:
-                raise ConfigError(
+                raise UserInputError(
                     f"{where}: expected num_{split}_examples > 0, received {getattr(self, f'num_{split}_examples')}"
                 )
         if self.max_image_size is not None and (len(self.max_image_size) != 2 or min(self.max_image_size) <= 0):
-            raise ConfigError(
+            raise UserInputError(
                 f"{where}: expected max_image_size (height, width) of positive ints, received {self.max_image_size}"
             )
         if self.palette is not None:
             if len(self.palette) != self.num_classes:
-                raise ConfigError(
+                raise UserInputError(
                     f"{where}: expected a palette of {self.num_classes} colours (one per class), "
                     f"received {len(self.palette)}"
                 )
             for colour in self.palette:
                 if len(colour) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in colour):
-                    raise ConfigError(
+                    raise UserInputError(
                         f"{where}: expected palette colours (r, g, b) of ints in [0, 255], received {colour}"
                     )
         names = [split.name for split in self.splits]
         if len(set(names)) != len(names):
-            raise ConfigError(f"{where}: expected distinct split names, received {names}")
+            raise UserInputError(f"{where}: expected distinct split names, received {names}")
 
     def split(self, name: str) -> SplitInfo:
         """Returns the split called `name`.
 
         Raises:
-          ConfigError: if there is no such split.
+          UserInputError: if there is no such split.
         """
         for split in self.splits:
             if split.name == name:
                 return split
-        raise ConfigError(
+        raise UserInputError(
             f"DatasetInfo(name={self.name!r}): expected a split in {[s.name for s in self.splits]}, received {name!r}"
         )
 
@@ -178,7 +178,7 @@ def load(path: str) -> DatasetInfo:
     """Reads a `DatasetInfo` written by `save`, resolving file paths against the JSON's directory.
 
     Raises:
-      ConfigError: if the file is missing fields or has unknown ones.
+      UserInputError: if the file is missing fields or has unknown ones.
     """
     directory = os.path.dirname(path)
     with tf.io.gfile.GFile(path, "r") as f:
@@ -188,7 +188,7 @@ def load(path: str) -> DatasetInfo:
     # Fields with defaults are optional, so JSON written before they existed still loads.
     required = {field.name for field in fields if field.default is dataclasses.MISSING}
     if set(record) - expected or not set(record) >= required:
-        raise ConfigError(
+        raise UserInputError(
             f"{path}: expected the fields {sorted(required)} and optionally {sorted(expected - required)}, "
             f"received {sorted(record)}"
         )
@@ -198,7 +198,9 @@ def load(path: str) -> DatasetInfo:
     for split in record.get("splits", ()):
         split_fields = {field.name for field in dataclasses.fields(SplitInfo)}
         if set(split) - split_fields:
-            raise ConfigError(f"{path}: expected split fields within {sorted(split_fields)}, received {sorted(split)}")
+            raise UserInputError(
+                f"{path}: expected split fields within {sorted(split_fields)}, received {sorted(split)}"
+            )
         splits.append(SplitInfo(**{**split, "files": [_resolve(f, directory) for f in split["files"]]}))
     record["splits"] = tuple(splits)
     return DatasetInfo(**record)

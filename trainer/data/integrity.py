@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 _CORRUPT_AT = re.compile(r"corrupted record at (\d+)")
 # The in-graph record checks (schema.check_record) fail with "assertion failed: [Record <filename>: ...]".
@@ -45,8 +45,8 @@ def find_corrupt_records(files: Iterable[str]) -> list[CorruptRecord]:
     return corrupt
 
 
-def explain_input_error(error: tf.errors.OpError, files: Iterable[str], split: str) -> ConfigError | None:
-    """Returns a ConfigError naming the bad file/record behind `error`, or None if it is not an input error.
+def explain_input_error(error: tf.errors.OpError, files: Iterable[str], split: str) -> UserInputError | None:
+    """Returns a UserInputError naming the bad file/record behind `error`, or None if it is not an input error.
 
     Args:
       error: what the train or eval loop raised.
@@ -56,7 +56,7 @@ def explain_input_error(error: tf.errors.OpError, files: Iterable[str], split: s
     if isinstance(error, tf.errors.DataLossError):
         corrupt = find_corrupt_records(files)
         where = "\n  ".join(record.describe() for record in corrupt) or "(no file is corrupt when read again)"
-        return ConfigError(
+        return UserInputError(
             f"A {split} TFRecord file is corrupt ({str(error).strip().splitlines()[0]}):\n  {where}\n"
             "Re-create the file (e.g. rerun `python -m trainer.data.convert` for that split), or set the gin "
             "binding input_pipeline.skip_corrupt_records = True to train on the records before the damage."
@@ -64,7 +64,7 @@ def explain_input_error(error: tf.errors.OpError, files: Iterable[str], split: s
     if isinstance(error, tf.errors.InvalidArgumentError):
         match = _RECORD_CHECK.search(str(error))
         if match:
-            return ConfigError(
+            return UserInputError(
                 f"Bad {split} example: {match.group(1).strip()}. Fix or drop that example in the dataset (the "
                 "converters validate every example: python -m trainer.data.convert), or check the dataset's "
                 "num_classes and ignore_label."

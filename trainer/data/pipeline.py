@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import augment, integrity, schema
 from trainer.data.info import DatasetInfo
 
@@ -38,12 +38,12 @@ def _per_replica_batch_size(
     global_batch_size: int, input_context: tf.distribute.InputContext | None, binding: str
 ) -> int:
     if global_batch_size <= 0:
-        raise ConfigError(f"{binding}: expected a positive int, received {global_batch_size}")
+        raise UserInputError(f"{binding}: expected a positive int, received {global_batch_size}")
     if input_context is None:
         return global_batch_size
     num_replicas = input_context.num_replicas_in_sync
     if global_batch_size % num_replicas:
-        raise ConfigError(
+        raise UserInputError(
             f"{binding}: expected a multiple of the {num_replicas} replicas in sync, received {global_batch_size}"
         )
     return input_context.get_per_replica_batch_size(global_batch_size)
@@ -73,7 +73,7 @@ def _parse_and_check(serialized: tf.Tensor, info: DatasetInfo) -> tuple[tf.Tenso
 
 def _check_range(binding: str, value: tuple, lowest: float) -> None:
     if len(value) != 2 or not lowest <= value[0] <= value[1] or (value[0] == value[1] and value[0] != 1):
-        raise ConfigError(
+        raise UserInputError(
             f"photometric_jitter.{binding}: expected (lower, upper) with {lowest} <= lower < upper, or (1, 1) to "
             f"leave it unchanged, received {value}"
         )
@@ -103,13 +103,15 @@ class PhotometricJitter:
         object.__setattr__(self, "contrast_range", tuple(float(v) for v in self.contrast_range))
         object.__setattr__(self, "saturation_range", tuple(float(v) for v in self.saturation_range))
         if not 0 <= self.brightness_delta <= 1:
-            raise ConfigError(
+            raise UserInputError(
                 f"photometric_jitter.brightness_delta: expected a value in [0, 1], received {self.brightness_delta}"
             )
         _check_range("contrast_range", self.contrast_range, 0.0)
         _check_range("saturation_range", self.saturation_range, 0.0)
         if not 0 <= self.hue_delta <= 0.5:
-            raise ConfigError(f"photometric_jitter.hue_delta: expected a value in [0, 0.5], received {self.hue_delta}")
+            raise UserInputError(
+                f"photometric_jitter.hue_delta: expected a value in [0, 0.5], received {self.hue_delta}"
+            )
 
     def __call__(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         return augment.photometric_jitter(
@@ -190,47 +192,49 @@ class InputPipeline:
         if isinstance(self.pad_value, (list, tuple)):
             object.__setattr__(self, "pad_value", tuple(float(v) for v in self.pad_value))
         if len(self.crop_size) != 2 or min(self.crop_size) <= 0:
-            raise ConfigError(
+            raise UserInputError(
                 f"input_pipeline.crop_size: expected (height, width) of positive ints, received {self.crop_size}"
             )
         if not 0 < self.min_scale <= self.max_scale:
-            raise ConfigError(
+            raise UserInputError(
                 "input_pipeline.min_scale/max_scale: expected 0 < min_scale <= max_scale, received "
                 f"{self.min_scale}, {self.max_scale}"
             )
         if self.scale_step < 0:
-            raise ConfigError(f"input_pipeline.scale_step: expected 0 or a positive step, received {self.scale_step}")
+            raise UserInputError(
+                f"input_pipeline.scale_step: expected 0 or a positive step, received {self.scale_step}"
+            )
         pad_values = self.pad_value if isinstance(self.pad_value, tuple) else (self.pad_value,)
         if len(pad_values) not in (1, 3) or not all(-1 <= v <= 1 for v in pad_values):
-            raise ConfigError(
+            raise UserInputError(
                 "input_pipeline.pad_value: expected one value or three (one per channel) in the model's input range "
                 f"[-1, 1], received {self.pad_value}"
             )
         for binding in ("shuffle_buffer", "interleave_cycle_length", "prefetch_batches"):
             value = getattr(self, binding)
             if value <= 0:
-                raise ConfigError(f"input_pipeline.{binding}: expected a positive int, received {value}")
+                raise UserInputError(f"input_pipeline.{binding}: expected a positive int, received {value}")
         for binding in ("num_parallel_calls", "autotune_ram_budget_mb"):
             value = getattr(self, binding)
             if value is not None and value <= 0:
-                raise ConfigError(f"input_pipeline.{binding}: expected None or a positive int, received {value}")
+                raise UserInputError(f"input_pipeline.{binding}: expected None or a positive int, received {value}")
         if self.private_threadpool_size < 0:
-            raise ConfigError(
+            raise UserInputError(
                 "input_pipeline.private_threadpool_size: expected 0 (the shared pool) or a positive int, "
                 f"received {self.private_threadpool_size}"
             )
         if self.autotune_ram_budget_mb is not None and not self.autotune:
-            raise ConfigError(
+            raise UserInputError(
                 "input_pipeline.autotune_ram_budget_mb: only used with input_pipeline.autotune = True, which is "
                 f"False; received {self.autotune_ram_budget_mb}"
             )
         if self.eval_size is not None and (len(self.eval_size) != 2 or min(self.eval_size) <= 0):
-            raise ConfigError(
+            raise UserInputError(
                 f"input_pipeline.eval_size: expected (height, width) of positive ints, received {self.eval_size}"
             )
         address = self.tf_data_service_address
         if address is not None and (not address.startswith("grpc://") or len(address) <= len("grpc://")):
-            raise ConfigError(
+            raise UserInputError(
                 "input_pipeline.tf_data_service_address: expected the dispatcher's 'grpc://host:port', received "
                 f"{address!r}"
             )
@@ -344,11 +348,11 @@ class InputPipeline:
           the crop size (h, w), all static.
 
         Raises:
-          ConfigError: if the global batch size is not a multiple of the replicas in sync, or start_step < 0.
+          UserInputError: if the global batch size is not a multiple of the replicas in sync, or start_step < 0.
         """
         batch_size = _per_replica_batch_size(global_batch_size, input_context, "train.global_batch_size")
         if start_step < 0:
-            raise ConfigError(f"train_dataset: expected start_step >= 0, received {start_step}")
+            raise UserInputError(f"train_dataset: expected start_step >= 0, received {start_step}")
         use_service = self.tf_data_service_address is not None
         # With the tf.data service its workers share out the epochs; every trainer reads the same job.
         num_pipelines, pipeline_id = (1, 0) if use_service else _pipeline_placement(input_context)
@@ -372,7 +376,7 @@ class InputPipeline:
             # One pass over this pipeline's records (no decoding) counts an epoch: earlier epochs are never read.
             examples_per_epoch = int(epoch_records(tf.constant(0, tf.int64)).reduce(np.int64(0), lambda n, _: n + 1))
             if not examples_per_epoch:
-                raise ConfigError(
+                raise UserInputError(
                     f"Dataset {info.name!r}: input pipeline {pipeline_id} of {num_pipelines} has no training records "
                     f"in its files {files}; expected at least one"
                 )
@@ -445,19 +449,19 @@ class InputPipeline:
           Batches `(images float32 [b, H, W, 3], labels int32 [b, H, W])`, (H, W) the eval size, all static.
 
         Raises:
-          ConfigError: if no eval size is known, or the batch does not split evenly over replicas or
+          UserInputError: if no eval size is known, or the batch does not split evenly over replicas or
             pipelines.
         """
         batch_size = _per_replica_batch_size(global_batch_size, input_context, "evaluation.global_batch_size")
         num_pipelines, pipeline_id = _pipeline_placement(input_context)
         eval_size = self.eval_size or info.max_image_size
         if eval_size is None:
-            raise ConfigError(
+            raise UserInputError(
                 f"input_pipeline.eval_size: expected (height, width) since dataset {info.name!r} has no "
                 "max_image_size, received None"
             )
         if global_batch_size % num_pipelines:
-            raise ConfigError(
+            raise UserInputError(
                 f"evaluation.global_batch_size: expected a multiple of the {num_pipelines} input pipelines, "
                 f"received {global_batch_size}"
             )

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 IMAGE_ENCODED = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -58,23 +58,23 @@ def encode_example(image: np.ndarray, label: np.ndarray, filename: str, encoded_
       The serialized example.
 
     Raises:
-      ConfigError: if the dtypes or shapes are not as above, the spatial sizes differ, or `encoded_image` is
+      UserInputError: if the dtypes or shapes are not as above, the spatial sizes differ, or `encoded_image` is
         neither JPEG nor PNG.
     """
     image = np.asarray(image)
     label = np.asarray(label)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ConfigError(
+        raise UserInputError(
             f"encode_example({filename!r}): expected image uint8 [height, width, 3], "
             f"received {image.dtype} {list(image.shape)}"
         )
     if label.dtype != np.uint8 or label.ndim != 2:
-        raise ConfigError(
+        raise UserInputError(
             f"encode_example({filename!r}): expected label uint8 [height, width], "
             f"received {label.dtype} {list(label.shape)}"
         )
     if image.shape[:2] != label.shape:
-        raise ConfigError(
+        raise UserInputError(
             f"encode_example({filename!r}): expected image and label of the same height and width, "
             f"received image {list(image.shape[:2])} and label {list(label.shape)}"
         )
@@ -83,7 +83,7 @@ def encode_example(image: np.ndarray, label: np.ndarray, filename: str, encoded_
     else:
         image_format = sniff_image_format(encoded_image)
         if image_format is None:
-            raise ConfigError(
+            raise UserInputError(
                 f"encode_example({filename!r}): expected encoded_image in JPEG or PNG, received bytes starting "
                 f"{encoded_image[:8]!r}; pass encoded_image=None to store the pixels PNG-encoded"
             )

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 from trainer.data import schema
 
@@ -109,7 +109,7 @@ def _shape_mask(
     if name == "cross":
         arm = extent / 6.0
         return ((np.abs(u) <= half) & (np.abs(v) <= arm)) | ((np.abs(v) <= half) & (np.abs(u) <= arm))
-    raise ConfigError(f"_shape_mask: expected a class id in [1, {len(CLASS_NAMES)}), received {class_id}")
+    raise UserInputError(f"_shape_mask: expected a class id in [1, {len(CLASS_NAMES)}), received {class_id}")
 
 
 def _background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, image_size: int) -> np.ndarray:
@@ -226,9 +226,9 @@ def synthetic_shapes(
         ("num_shards", num_shards),
     ):
         if value <= 0:
-            raise ConfigError(f"synthetic_shapes.{binding}: expected a positive int, received {value}")
+            raise UserInputError(f"synthetic_shapes.{binding}: expected a positive int, received {value}")
     if min(num_train_examples, num_eval_examples) < num_shards:
-        raise ConfigError(
+        raise UserInputError(
             f"synthetic_shapes.num_shards: expected at most min(num_train_examples, num_eval_examples) = "
             f"{min(num_train_examples, num_eval_examples)} shards so none is empty, received {num_shards}"
         )

@@ -7,7 +7,7 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 
 
@@ -18,7 +18,7 @@ def _glob(patterns: str, binding: str) -> tuple[str, ...]:
         if pattern:
             files.update(tf.io.gfile.glob(pattern))
     if not files:
-        raise ConfigError(f"{binding}: expected the pattern to match at least one file, {patterns!r} matched none")
+        raise UserInputError(f"{binding}: expected the pattern to match at least one file, {patterns!r} matched none")
     return tuple(sorted(files))
 
 
@@ -107,11 +107,11 @@ def converted_dataset(
       The dataset's `DatasetInfo`, class names, palette and example counts included.
 
     Raises:
-      ConfigError: if there is no dataset_info.json in `data_dir`, or no such split.
+      UserInputError: if there is no dataset_info.json in `data_dir`, or no such split.
     """
     path = os.path.join(data_dir, info_lib.INFO_FILENAME)
     if not tf.io.gfile.exists(path):
-        raise ConfigError(
+        raise UserInputError(
             f"converted_dataset.data_dir: expected a directory written by `python -m trainer.data.convert`, with "
             f"{info_lib.INFO_FILENAME}, received {data_dir!r} which has none"
         )
@@ -121,7 +121,9 @@ def converted_dataset(
         if name is None:
             continue
         if not info.splits:
-            raise ConfigError(f"converted_dataset.{binding}: {path} lists no splits to choose from, received {name!r}")
+            raise UserInputError(
+                f"converted_dataset.{binding}: {path} lists no splits to choose from, received {name!r}"
+            )
         split = info.split(name)
         changes[f"{role}_files"] = split.files
         changes[f"num_{role}_examples"] = split.num_examples

@@ -6,7 +6,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.dropout import ResumableDropout
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
@@ -45,12 +45,12 @@ class ASPP(keras.layers.Layer):
         self.filters = require_positive_int(owner, "filters", filters)
         self.atrous_rates = require_positive_ints(owner, "atrous_rates", atrous_rates)
         if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0 <= dropout_rate < 1:
-            raise ConfigError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
+            raise UserInputError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
         self.dropout_rate = float(dropout_rate)
         if pool_size is not None:
             pool_size = require_positive_ints(owner, "pool_size", pool_size)
             if len(pool_size) != 2:
-                raise ConfigError(f"{owner}: expected `pool_size` (height, width), received {pool_size!r}")
+                raise UserInputError(f"{owner}: expected `pool_size` (height, width), received {pool_size!r}")
         self.pool_size = pool_size
         self.separable = bool(separable)
         self.conv_1x1 = ConvBNReLU(filters, 1, name="conv_1x1")

@@ -6,7 +6,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
@@ -46,7 +46,7 @@ class Decoder(keras.layers.Layer):
     def call(self, inputs: Sequence[tf.Tensor], training: bool | None = None) -> tf.Tensor:
         """Returns decoded features at the low-level resolution from (aspp_features, low_level_features)."""
         if len(inputs) != 2:
-            raise ConfigError(
+            raise UserInputError(
                 f"{type(self).__name__}: expected inputs (aspp_features, low_level_features), "
                 f"received {len(inputs)} tensors"
             )

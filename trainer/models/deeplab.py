@@ -10,7 +10,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.aspp import ASPP
 from trainer.models.decoder import Decoder
 from trainer.models.layers import SERIALIZATION_PACKAGE, require_positive_int, resize_bilinear, spatial_size
@@ -23,7 +23,7 @@ DEFAULT_ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 def default_aspp_rates(output_stride: int) -> tuple[int, ...]:
     """Returns DeepLab's ASPP rates for `output_stride` (6/12/18 at 16, 12/24/36 at 8)."""
     if output_stride not in DEFAULT_ASPP_RATES:
-        raise ConfigError(
+        raise UserInputError(
             f"ASPP rates: expected an output stride in {sorted(DEFAULT_ASPP_RATES)} to derive them from, "
             f"received {output_stride!r}; set `aspp_rates` explicitly"
         )
@@ -48,7 +48,7 @@ class _DeepLab(keras.Model):
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `num_classes` to be an int >= 2, "
                 f"received {num_classes!r} (of type {type(num_classes).__name__})"
             )
@@ -56,7 +56,7 @@ class _DeepLab(keras.Model):
         if backbone is None:
             backbone = ResNet()  # gin-configured
         if not isinstance(backbone, keras.layers.Layer):
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `backbone` to be a keras Model returning low_level/high_level features, "
                 f"received {backbone!r} (of type {type(backbone).__name__})"
             )

@@ -13,7 +13,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.layers import SERIALIZATION_PACKAGE
 
 # Size of the zero image that measures the output stride when it is not given: TF Hub's usual input size, a
@@ -60,12 +60,12 @@ class HubBackbone(keras.layers.Layer):
         super().__init__(name=name, trainable=trainable, **kwargs)
         owner = type(self).__name__
         if not isinstance(path, str) or not tf.io.gfile.isdir(path):
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding {owner}.path: expected a local directory holding a SavedModel (a TF Hub / Kaggle "
                 f"Models download, extracted), received {path!r}."
             )
         if len(tuple(input_range)) != 2 or not float(input_range[0]) < float(input_range[1]):
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding {owner}.input_range: expected (low, high) with low < high, received {input_range!r}."
             )
         self.path = path
@@ -81,14 +81,14 @@ class HubBackbone(keras.layers.Layer):
         else:
             signatures = getattr(self._module, "signatures", {})
             if signature not in signatures:
-                raise ConfigError(
+                raise UserInputError(
                     f"gin binding {owner}.signature: expected one of the signatures of {path} "
                     f"({sorted(signatures)}), received {signature!r}."
                 )
             self._function = signatures[signature]
             inputs = sorted(self._function.structured_input_signature[1])
             if signature_input is None and len(inputs) != 1:
-                raise ConfigError(
+                raise UserInputError(
                     f"gin binding {owner}.signature_input: expected one of {inputs} (signature {signature!r} of "
                     f"{path} has several inputs), received None."
                 )
@@ -118,7 +118,7 @@ class HubBackbone(keras.layers.Layer):
         features = self._features(tf.zeros([1, _PROBE_SIZE, _PROBE_SIZE, 3]), training=False)
         height = features["high_level"].shape[1]
         if not height or _PROBE_SIZE % height:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding {type(self).__name__}.output_stride: could not measure it ({_PROBE_SIZE}-pixel input, "
                 f"{height}-pixel '{self.high_level_key}' features); expected it to be set, received None."
             )
@@ -135,14 +135,14 @@ class HubBackbone(keras.layers.Layer):
             outputs = self._function(images)
         if not isinstance(outputs, dict):
             received = f"one tensor of shape {outputs.shape}" if tf.is_tensor(outputs) else type(outputs).__name__
-            raise ConfigError(
+            raise UserInputError(
                 f"{type(self).__name__}({self.path!r}): expected the module to return a dict of feature maps, "
                 f"received {received}; a module that returns a pooled feature vector has no feature maps to "
                 "segment with."
             )
         missing = [key for key in (self.low_level_key, self.high_level_key) if key not in outputs]
         if missing:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin bindings {type(self).__name__}.low_level_key/high_level_key: expected keys among the "
                 f"module's outputs {sorted(outputs)}, received {missing}."
             )

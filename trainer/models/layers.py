@@ -7,7 +7,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 SERIALIZATION_PACKAGE = "deeplab_trainer"
 VALID_PADDINGS = ("same", "valid")
@@ -17,7 +17,7 @@ def require_positive_int(owner: str, arg: str, value: Any) -> int:
     """Returns `value` if it is a positive int, else raises a ValueError naming `owner` and `arg`."""
     # bool is an int subclass; `True` as a filter count is always a config mistake.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected `{arg}` to be a positive int, received {value!r} (of type {type(value).__name__})"
         )
     return value
@@ -32,7 +32,7 @@ def require_stride_or_dilation(owner: str, strides: Any, dilation_rate: Any) -> 
     strides = require_positive_int(owner, "strides", strides)
     dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
     if strides > 1 and dilation_rate > 1:
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected strides == 1 or dilation_rate == 1 (a convolution cannot do both), "
             f"received strides={strides}, dilation_rate={dilation_rate}"
         )
@@ -43,7 +43,7 @@ def require_positive_ints(owner: str, arg: str, values: Any) -> tuple[int, ...]:
     """Returns `values` as a tuple if it is a non-empty sequence of positive ints, else raises ValueError."""
     # Lists are accepted because a JSON round trip of `get_config` turns tuples into lists.
     if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected `{arg}` to be a non-empty sequence of positive ints, "
             f"received {values!r} (of type {type(values).__name__})"
         )
@@ -126,11 +126,11 @@ class ConvBNReLU(keras.layers.Layer):
         self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
         self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
         if padding not in VALID_PADDINGS:
-            raise ConfigError(f"{owner} {self.name!r}: expected `padding` in {VALID_PADDINGS}, received {padding!r}")
+            raise UserInputError(f"{owner} {self.name!r}: expected `padding` in {VALID_PADDINGS}, received {padding!r}")
         if bn_epsilon is not None and (
             isinstance(bn_epsilon, bool) or not isinstance(bn_epsilon, int | float) or bn_epsilon <= 0
         ):
-            raise ConfigError(f"{owner} {self.name!r}: expected `bn_epsilon` > 0 or None, received {bn_epsilon!r}")
+            raise UserInputError(f"{owner} {self.name!r}: expected `bn_epsilon` > 0 or None, received {bn_epsilon!r}")
         self.activation = bool(activation)
         # The following BN's beta makes a conv bias redundant; it is kept only to mirror reference weights.
         self.use_bias = bool(use_bias)

@@ -6,7 +6,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int, require_stride_or_dilation
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
@@ -65,7 +65,7 @@ class InvertedResidualBlock(keras.layers.Layer):
         self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
         self.residual = bool(residual)
         if self.residual and (strides != 1 or input_filters != output_filters):
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner} {self.name!r}: expected strides == 1 and input_filters == output_filters for a "
                 f"residual block, received strides={strides}, input_filters={input_filters}, "
                 f"output_filters={output_filters}"
@@ -144,19 +144,19 @@ class MobileNetV2(keras.Model):
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}"
             )
         self.output_stride = output_stride
         if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int | float) or width_multiplier <= 0:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `width_multiplier` to be a positive number, received {width_multiplier!r} "
                 f"(of type {type(width_multiplier).__name__})"
             )
         self.width_multiplier = float(width_multiplier)
         if not isinstance(include_final_conv, bool):
             # bool("false") is True: a string from a hand-written config must not silently switch the conv on.
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `include_final_conv` to be a bool, received {include_final_conv!r} "
                 f"(of type {type(include_final_conv).__name__})"
             )

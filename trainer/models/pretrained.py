@@ -9,7 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 # Which sub-layers of DeepLabV3Plus each `parts` value restores, in the model's own attribute names.
 RESTORABLE_PARTS = {
@@ -44,47 +44,47 @@ def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fra
       A LoadReport; `num_weights_loaded` counts arrays (kernels, biases, BN statistics …) assigned.
 
     Raises:
-      ConfigError: the backbone has no keras mapping or is not built, the file is missing or unreadable, a
+      UserInputError: the backbone has no keras mapping or is not built, the file is missing or unreadable, a
         matched layer's weights differ in count or shape, or too few layers match. Nothing is assigned then.
     """
     owner = "load_keras_applications_h5"
     if not callable(getattr(backbone, "keras_application_layers", None)):
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected a backbone with a `keras_application_layers()` method (ResNet, MobileNetV2), "
             f"received {type(backbone).__name__}; other backbones can only start from a checkpoint of this trainer"
         )
     if isinstance(min_matched_fraction, bool) or not isinstance(min_matched_fraction, int | float):
-        raise ConfigError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
+        raise UserInputError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
     if not 0 < min_matched_fraction <= 1:
-        raise ConfigError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
+        raise UserInputError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
     layers = backbone.keras_application_layers()
     unbuilt = [name for name, layer in layers.items() if not layer.weights]
     if unbuilt:
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected a built backbone (call it on an input first), "
             f"received {type(backbone).__name__} {backbone.name!r} whose layers {unbuilt[:3]} have no weights yet"
         )
     if not os.path.isfile(path):
-        raise ConfigError(f"{owner}: expected an existing .h5 weights file, received {path!r} (no such file)")
+        raise UserInputError(f"{owner}: expected an existing .h5 weights file, received {path!r} (no such file)")
 
     try:
         with h5py.File(path, "r") as h5:
             weights_group = h5["model_weights"] if "model_weights" in h5 else h5
             file_layers = _layers_with_weights(weights_group)
             if file_layers is None:
-                raise ConfigError(
+                raise UserInputError(
                     f"{owner}: expected a keras .h5 weights file with a `layer_names` attribute (at the root or "
                     f"under `model_weights`), received {path!r} without one"
                 )
             matched = tuple(name for name in layers if name in file_layers)
             values = {name: _read_weights(weights_group[name], file_layers[name]) for name in matched}
     except OSError as error:
-        raise ConfigError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
+        raise UserInputError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
 
     for name in matched:
         _check_shapes(owner, path, name, layers[name], file_layers[name], values[name])
     if len(matched) < min_matched_fraction * len(layers):
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected at least {min_matched_fraction:.0%} of the {len(layers)} layers of "
             f"{type(backbone).__name__} {backbone.name!r} in {path!r}, received {len(matched)} "
             f"({', '.join(matched[:5]) or 'none'}): is it the weights file of another architecture?"
@@ -126,23 +126,23 @@ def restore_from_checkpoint(model: keras.Model, path: str, parts: str = "backbon
       The names of the restored sub-layers, e.g. ("backbone", "aspp", "decoder").
 
     Raises:
-      ConfigError: `parts` is unknown, the model is not built, no checkpoint is found, or a requested part is
+      UserInputError: `parts` is unknown, the model is not built, no checkpoint is found, or a requested part is
         missing from the checkpoint or does not match it variable for variable.
     """
     owner = "restore_from_checkpoint"
     if parts not in RESTORABLE_PARTS:
-        raise ConfigError(f"{owner}: expected `parts` in {tuple(RESTORABLE_PARTS)}, received {parts!r}")
+        raise UserInputError(f"{owner}: expected `parts` in {tuple(RESTORABLE_PARTS)}, received {parts!r}")
     names = RESTORABLE_PARTS[parts]
     for name in names:
         part = getattr(model, name, None)
         if not isinstance(part, keras.layers.Layer):
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected a model with a `{name}` sub-layer for parts={parts!r}, "
                 f"received {type(model).__name__} without one"
             )
         if not part.weights:
             # A restore into unbuilt layers is deferred and could not be verified here.
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected a built model (call it on an input first), "
                 f"received {type(model).__name__} {model.name!r} whose `{name}` has no weights yet"
             )
@@ -168,7 +168,7 @@ def restore_from_checkpoint(model: keras.Model, path: str, parts: str = "backbon
         status = partial.read(prefix)
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected {prefix!r} to hold {', '.join(names)} of a model like "
             f"{type(model).__name__} {model.name!r} (saved as `{CHECKPOINT_MODEL_KEY}` of a tf.train.Checkpoint), "
             f"but they did not match: {error}"
@@ -217,29 +217,29 @@ def _check_shapes(
     weight_names: list[str],
     values: list[np.ndarray],
 ) -> None:
-    """Raises ConfigError naming the layer when the file's arrays do not fit `layer`'s weights one to one."""
+    """Raises UserInputError naming the layer when the file's arrays do not fit `layer`'s weights one to one."""
     if len(values) != len(layer.weights):
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: layer {name!r} in {path!r}: expected {len(layer.weights)} arrays "
             f"({', '.join(w.name for w in layer.weights)}), received {len(values)} ({', '.join(weight_names)})"
         )
     for weight, weight_name, value in zip(layer.weights, weight_names, values, strict=True):
         if tuple(weight.shape) != value.shape:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: layer {name!r} in {path!r}: expected {weight_name} of shape {tuple(weight.shape)} "
                 f"(the backbone's), received shape {value.shape}"
             )
 
 
 def _checkpoint_prefix(owner: str, path: str) -> str:
-    """Resolves a checkpoint prefix, or a directory to its latest checkpoint; raises ConfigError if none."""
+    """Resolves a checkpoint prefix, or a directory to its latest checkpoint; raises UserInputError if none."""
     if tf.io.gfile.isdir(path):
         prefix = tf.train.latest_checkpoint(path)
         if prefix is None:
-            raise ConfigError(f"{owner}: expected a directory with a checkpoint, received {path!r} without one")
+            raise UserInputError(f"{owner}: expected a directory with a checkpoint, received {path!r} without one")
         return prefix
     if not tf.io.gfile.exists(f"{path}.index"):
-        raise ConfigError(
+        raise UserInputError(
             f"{owner}: expected a checkpoint prefix (with a `.index` file) or a directory, received {path!r}"
         )
     return path

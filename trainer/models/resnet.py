@@ -7,7 +7,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
@@ -121,24 +121,24 @@ class ResNet(keras.Model):
         self.caffe_preprocessing = bool(caffe_preprocessing)
         self.block_depths = require_positive_ints(owner, "block_depths", block_depths)
         if len(self.block_depths) != 4:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `block_depths` to have 4 entries (one per stage), "
                 f"received {tuple(block_depths)!r} with {len(self.block_depths)}"
             )
         self.base_filters = require_positive_int(owner, "base_filters", base_filters)
         if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}"
             )
         self.output_stride = output_stride
         self.multi_grid = require_positive_ints(owner, "multi_grid", multi_grid)
         if stem not in VALID_STEMS:
-            raise ConfigError(f"{owner}: expected `stem` in {VALID_STEMS}, received {stem!r}")
+            raise UserInputError(f"{owner}: expected `stem` in {VALID_STEMS}, received {stem!r}")
         self.stem = stem
 
         stage_strides, stage_dilations = _stage_strides_and_dilations(output_stride)
         if stage_strides[-1] > 1 and self.multi_grid[0] > 1:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected multi_grid[0] == 1 when the last stage downsamples (output_stride 32), "
                 f"received output_stride={output_stride}, multi_grid={self.multi_grid}"
             )

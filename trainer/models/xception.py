@@ -8,7 +8,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.layers import (
     SERIALIZATION_PACKAGE,
     ConvBNReLU,
@@ -56,17 +56,17 @@ class XceptionBlock(keras.layers.Layer):
         owner = type(self).__name__
         self.depths = require_positive_ints(owner, "depths", depths)
         if len(self.depths) != 3:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `depths` to have 3 entries (one per separable conv), "
                 f"received {tuple(depths)!r} with {len(self.depths)}"
             )
         if skip not in VALID_SKIPS:
-            raise ConfigError(f"{owner}: expected `skip` in {VALID_SKIPS}, received {skip!r}")
+            raise UserInputError(f"{owner}: expected `skip` in {VALID_SKIPS}, received {skip!r}")
         self.skip = skip
         self.strides = require_positive_int(owner, "strides", strides)
         self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
         if skip == "sum" and strides > 1:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected strides == 1 with skip='sum' (an identity cannot downsample), "
                 f"received strides={strides}"
             )
@@ -142,7 +142,7 @@ class Xception65(keras.Model):
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
         if output_stride not in VALID_OUTPUT_STRIDES:
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}"
             )
         self.output_stride = output_stride
@@ -152,7 +152,7 @@ class Xception65(keras.Model):
             or not math.isfinite(width_multiplier)
             or width_multiplier <= 0
         ):
-            raise ConfigError(
+            raise UserInputError(
                 f"{owner}: expected `width_multiplier` to be a positive finite number, "
                 f"received {width_multiplier!r} (of type {type(width_multiplier).__name__})"
             )

@@ -27,7 +27,7 @@ from absl import logging
 from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public alias
 
 from trainer.cluster.distribute import TaskInfo
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.observe import flops, visualize
@@ -61,14 +61,16 @@ class ObserveConfig:
 
     def __post_init__(self):
         if self.peak_flops_per_sec is not None and not self.peak_flops_per_sec > 0:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding observe.peak_flops_per_sec: expected a positive FLOP/s figure per replica (e.g. 989e12) "
                 f"or None to measure it, received {self.peak_flops_per_sec!r}."
             )
         if self.num_eval_images < 0:
-            raise ConfigError(f"gin binding observe.num_eval_images: expected >= 0, received {self.num_eval_images}.")
+            raise UserInputError(
+                f"gin binding observe.num_eval_images: expected >= 0, received {self.num_eval_images}."
+            )
         if self.eval_image_max_size <= 0:
-            raise ConfigError(
+            raise UserInputError(
                 "gin binding observe.eval_image_max_size: expected a positive int, received "
                 f"{self.eval_image_max_size}."
             )
@@ -372,7 +374,7 @@ def parse_profile_steps(value: "str | Sequence[str | int] | None") -> tuple[int,
     """Parses `--profile_steps=START,END` into (START, END); None or empty means no profiling.
 
     Raises:
-      ConfigError: unless it is two integers with 0 <= START < END.
+      UserInputError: unless it is two integers with 0 <= START < END.
     """
     if value is None or (isinstance(value, str | list | tuple) and not value):
         return None
@@ -383,7 +385,7 @@ def parse_profile_steps(value: "str | Sequence[str | int] | None") -> tuple[int,
         start = end = None
     if start is None or not 0 <= start < end:
         text = value if isinstance(value, str) else ",".join(str(part) for part in value)
-        raise ConfigError(
+        raise UserInputError(
             f"--profile_steps={text}: expected START,END, two global steps with 0 <= START < END "
             "(e.g. --profile_steps=100,110), received something else."
         )

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 
@@ -44,14 +44,14 @@ def dataset_palette(info: DatasetInfo) -> np.ndarray:
     """Returns a uint8 [max(num_classes, 256), 3] palette: the dataset's own colours first, VOC's for the rest.
 
     Raises:
-      ConfigError: if the dataset's palette has entries that are not three ints in [0, 255].
+      UserInputError: if the dataset's palette has entries that are not three ints in [0, 255].
     """
     palette = voc_palette(max(256, info.num_classes))
     own = getattr(info, "palette", None)
     if own:
         colors = np.asarray(own)
         if colors.ndim != 2 or colors.shape[1] != 3 or colors.min() < 0 or colors.max() > 255:
-            raise ConfigError(
+            raise UserInputError(
                 f"DatasetInfo(name={info.name!r}).palette: expected (r, g, b) triples of ints in [0, 255], "
                 f"received {own!r}."
             )
@@ -98,7 +98,7 @@ def concat_with_gaps(panels: Sequence[np.ndarray], axis: int, gap: int = PANEL_G
 def image_grid(cells: Sequence[np.ndarray], columns: int, gap: int = CELL_GAP) -> np.ndarray:
     """Lays same-sized uint8 [h, w, 3] cells out row by row, `columns` per row; missing cells are white."""
     if columns <= 0:
-        raise ConfigError(f"image grid: expected a positive number of columns, received {columns}.")
+        raise UserInputError(f"image grid: expected a positive number of columns, received {columns}.")
     columns = min(columns, len(cells))
     blank = np.full_like(cells[0], _GAP_VALUE)
     rows = []

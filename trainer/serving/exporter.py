@@ -19,7 +19,7 @@ import tf_keras as keras
 from absl import logging
 
 from trainer.cluster.distribute import TaskInfo
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import schema
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
@@ -39,7 +39,7 @@ WeightsContext = Callable[[], contextlib.AbstractContextManager]
 
 def _check_positive(binding: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"gin binding export.{binding}: expected a positive int, received {value!r}.")
+        raise UserInputError(f"gin binding export.{binding}: expected a positive int, received {value!r}.")
 
 
 @gin.configurable("export")
@@ -69,7 +69,7 @@ class ExportConfig:
 
     def __post_init__(self):
         if self.checkpoint not in CHECKPOINT_CHOICES:
-            raise ConfigError(
+            raise UserInputError(
                 f"gin binding export.checkpoint: expected one of {CHECKPOINT_CHOICES}, received {self.checkpoint!r}."
             )
         if self.size_multiple is not None:
@@ -78,7 +78,7 @@ class ExportConfig:
         if self.tflite_input_size is not None:
             size = tuple(self.tflite_input_size)
             if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-                raise ConfigError(
+                raise UserInputError(
                     "gin binding export.tflite_input_size: expected (height, width) of positive ints, "
                     f"received {self.tflite_input_size!r}."
                 )
@@ -101,7 +101,7 @@ def checkpoint_to_export(model_dir: str, which: str) -> str:
     """Returns the checkpoint prefix that `export.checkpoint` = `which` ('latest' or 'best') designates.
 
     Raises:
-      ConfigError: if there is no such checkpoint.
+      UserInputError: if there is no such checkpoint.
     """
     directory = os.path.join(model_dir, BEST_SUBDIR if which == "best" else CHECKPOINT_SUBDIR)
     path = tf.train.latest_checkpoint(directory)
@@ -110,7 +110,7 @@ def checkpoint_to_export(model_dir: str, which: str) -> str:
         indexes = tf.io.gfile.glob(os.path.join(directory, "*.index"))
         path = indexes[0][: -len(".index")] if len(indexes) == 1 else None
     if path is None:
-        raise ConfigError(
+        raise UserInputError(
             f"--mode=export with export.checkpoint={which!r}: expected a checkpoint in {directory}, received "
             f"none. Train first, or set the gin binding export.checkpoint to one of {CHECKPOINT_CHOICES}."
         )
@@ -121,13 +121,13 @@ def restore_weights(model: keras.Model, path: str) -> int:
     """Restores the model's weights (only) from the training checkpoint `path`; returns its training step.
 
     Raises:
-      ConfigError: if the checkpoint lacks weights of the model (a different model configuration).
+      UserInputError: if the checkpoint lacks weights of the model (a different model configuration).
     """
     status = tf.train.Checkpoint(model=model).read(path).expect_partial()
     try:
         status.assert_existing_objects_matched()
     except AssertionError as error:
-        raise ConfigError(
+        raise UserInputError(
             f"--mode=export: the checkpoint {path} does not hold every weight of the configured model; expected "
             f"the gin configuration it was trained with (model_dir/operative_config.gin). Details: {error}"
         ) from None
@@ -137,7 +137,7 @@ def restore_weights(model: keras.Model, path: str) -> int:
         return int(reader.get_tensor(step_key))
     suffix = path.rsplit("-", 1)[-1]
     if not suffix.isdigit():
-        raise ConfigError(f"--mode=export: expected a global_step in {path} or a -<step> suffix, received neither.")
+        raise UserInputError(f"--mode=export: expected a global_step in {path} or a -<step> suffix, received neither.")
     return int(suffix)
 
 
@@ -164,7 +164,7 @@ def _plain_copy(model: keras.Model, build_size: tuple[int, int], weights_context
         try:
             copy = type(model).from_config(model.get_config())
         except (NotImplementedError, TypeError) as error:
-            raise ConfigError(
+            raise UserInputError(
                 f"export: expected a model that rebuilds from its get_config(), received {type(model).__name__} "
                 f"({error})."
             ) from None

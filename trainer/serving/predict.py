@@ -24,8 +24,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from trainer import train_lib  # train_lib also registers every configurable the config names
+from trainer.common.errors import UserInputError
 from trainer.core import evaluation
-from trainer.core.config import ConfigError, parse_gin
+from trainer.core.config import parse_gin
 from trainer.core.inference import InferenceConfig, LogitsFn, predict_logits
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
@@ -90,11 +91,11 @@ def _from_saved_model(path: str, inference_config: InferenceConfig) -> Predictor
     loaded = tf.saved_model.load(path)
     signature = loaded.signatures.get("serving_default")
     if signature is None:
-        raise ConfigError(f"--model={path}: expected a SavedModel with a 'serving_default' signature, found none.")
+        raise UserInputError(f"--model={path}: expected a SavedModel with a 'serving_default' signature, found none.")
     _, inputs = signature.structured_input_signature
     outputs = signature.structured_outputs
     if "images" not in inputs or "probabilities" not in outputs:
-        raise ConfigError(
+        raise UserInputError(
             f"--model={path}: expected serving_default(images: uint8 [N, H, W, 3]) -> {{'probabilities': ...}}, "
             f"received inputs {sorted(inputs)} and outputs {sorted(outputs)}."
         )
@@ -125,7 +126,7 @@ def _from_model_dir(model_dir: str, checkpoint: str | None, inference_bindings: 
     if checkpoint is None:
         checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
         if checkpoint is None:
-            raise ConfigError(
+            raise UserInputError(
                 f"--model={model_dir}: expected a checkpoint in {os.path.join(model_dir, CHECKPOINT_SUBDIR)}, found "
                 "none. Train first, or pass --checkpoint."
             )
@@ -155,7 +156,7 @@ def load_predictor(
     `inference.*` settings).
 
     Raises:
-      ConfigError: if `model` is none of these, or has no checkpoint.
+      UserInputError: if `model` is none of these, or has no checkpoint.
     """
 
     def inference_bindings() -> None:
@@ -169,7 +170,7 @@ def load_predictor(
             return _from_saved_model(saved_model, InferenceConfig())
     if tf.io.gfile.exists(os.path.join(model, train_lib.OPERATIVE_CONFIG_FILE)):
         return _from_model_dir(model, checkpoint, inference_bindings)
-    raise ConfigError(
+    raise UserInputError(
         f"--model={model}: expected a SavedModel directory (with saved_model.pb), a directory of numbered exports, "
         f"or a training model_dir (with {train_lib.OPERATIVE_CONFIG_FILE}; --checkpoint needs one), received "
         "neither."
@@ -181,7 +182,7 @@ def _output_stems(image_paths: Sequence[str]) -> list[str]:
     seen = {}
     for stem, path in zip(stems, image_paths, strict=True):
         if stem in seen:
-            raise ConfigError(
+            raise UserInputError(
                 f"--images: expected distinct file names (outputs are named after them), received {seen[stem]} "
                 f"and {path}."
             )
@@ -251,12 +252,14 @@ def main() -> None:
         try:
             image_paths = sorted(tf.io.gfile.glob(values["images"]))
             if not image_paths:
-                raise ConfigError(f"--images={values['images']}: expected the pattern to match image files, none did.")
+                raise UserInputError(
+                    f"--images={values['images']}: expected the pattern to match image files, none did."
+                )
             predictor = load_predictor(
                 values["model"], values["checkpoint"], values["gin_file"], values["gin_bindings"]
             )
             written = predict_images(predictor, image_paths, values["output_dir"])
-        except ConfigError as error:
+        except UserInputError as error:
             logging.error("%s", error)
             sys.exit(f"error: {error}")
         print(f"Wrote label maps and overlays of {len(written)} images to {values['output_dir']}.")

@@ -8,7 +8,7 @@ the logits are cropped back to the image, so a served prediction is the trained 
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.models.layers import spatial_size
 
 CLASS_MAP = "class_map"
@@ -21,11 +21,11 @@ def size_multiple(model: keras.Model) -> int:
     """Returns the multiple that exported models pad image sizes to: the backbone's output stride.
 
     Raises:
-      ConfigError: if the model has no `backbone.output_stride` to read it from.
+      UserInputError: if the model has no `backbone.output_stride` to read it from.
     """
     stride = getattr(getattr(model, "backbone", None), "output_stride", None)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ConfigError(
+        raise UserInputError(
             f"export: expected the model's backbone to have a positive int `output_stride` (the multiple that "
             f"exported models pad images to), received {stride!r} from {type(model).__name__}; set the gin binding "
             "export.size_multiple."

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common.errors import UserInputError
 from trainer.core import metrics
-from trainer.core.config import ConfigError
 from trainer.serving import preprocessing, tflite_metadata
 from trainer.serving.saved_model import IMAGES_INPUT, SERVING_DEFAULT
 
@@ -34,7 +34,7 @@ class Quantization(enum.Enum):
 
     @classmethod
     def parse_all(cls, values: Iterable[str]) -> tuple["Quantization", ...]:
-        """Returns the members named by `values`, or raises ConfigError naming the gin binding."""
+        """Returns the members named by `values`, or raises UserInputError naming the gin binding."""
         if isinstance(values, str):
             values = (values,)
         parsed = []
@@ -43,7 +43,7 @@ class Quantization(enum.Enum):
                 parsed.append(value if isinstance(value, cls) else cls(value))
             except ValueError:
                 valid = ", ".join(repr(member.value) for member in cls)
-                raise ConfigError(
+                raise UserInputError(
                     f"gin binding export.tflite_quantizations: expected a tuple of {{{valid}}}, received {value!r}."
                 ) from None
         return tuple(dict.fromkeys(parsed))
@@ -80,7 +80,7 @@ def convert(
       representative_images: for `Quantization.INT8`: the calibration images, uint8 [1, H, W, 3] each.
 
     Raises:
-      ConfigError: if INT8 is asked for without representative images.
+      UserInputError: if INT8 is asked for without representative images.
     """
     module = _fixed_size_module(model, input_size, size_multiple)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
@@ -91,7 +91,7 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization is Quantization.INT8:
         if representative_images is None:
-            raise ConfigError("TFLite int8: expected representative (calibration) images, received None.")
+            raise UserInputError("TFLite int8: expected representative (calibration) images, received None.")
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([images] for images in representative_images)
         # Fails the conversion rather than silently leaving float ops in an "integer" model.

@@ -15,7 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.cluster.distribute import TaskInfo
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # How many mismatched variables an incompatible-checkpoint error lists before summarising the rest.
@@ -131,7 +131,7 @@ class Checkpointer:
         """Restores the checkpoint at prefix `path`; returns its step.
 
         Raises:
-          ConfigError: the checkpoint belongs to a different model (the message lists the mismatched variables).
+          UserInputError: the checkpoint belongs to a different model (the message lists the mismatched variables).
           tf.errors.OpError: the checkpoint's files are unreadable.
         """
         try:
@@ -139,7 +139,7 @@ class Checkpointer:
         except (AssertionError, ValueError) as error:
             if not _is_incompatibility(error):
                 raise
-            raise ConfigError(
+            raise UserInputError(
                 f"Checkpoint {path} does not match the model being built: it was written by a different model "
                 "or configuration. Mismatched variables:\n"
                 f"{describe_mismatch(self._checkpoint, path)}\n"
@@ -179,7 +179,7 @@ class Checkpointer:
             else:
                 logging.info("Restored %s (step %d).", path, step)
             return step
-        raise ConfigError(
+        raise UserInputError(
             f"Every checkpoint in {self.directory} is unreadable:\n  "
             + "\n  ".join(failures)
             + "\nMove the directory aside to start afresh, or restore it from a backup."

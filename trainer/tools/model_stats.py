@@ -13,7 +13,8 @@ import tf_keras as keras
 from absl import app, flags
 
 from trainer import train_lib
-from trainer.core.config import ConfigError, parse_gin
+from trainer.common.errors import UserInputError
+from trainer.core.config import parse_gin
 from trainer.observe import flops
 
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Gin config file(s).")
@@ -47,7 +48,7 @@ def _main(argv: list[str]) -> None:
     try:
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
         model = build_configured_model(_NUM_CLASSES.value)
-    except ConfigError as error:
+    except UserInputError as error:
         raise app.UsageError(str(error)) from None
     stats = model_statistics(model, _HEIGHT.value, _WIDTH.value)
     print(

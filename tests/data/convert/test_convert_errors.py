@@ -9,7 +9,7 @@ import pytest
 from absl import flags, logging
 
 from tests.helpers import REPO_ROOT
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 from trainer.data.convert import cli, voc, writer
 
@@ -51,7 +51,7 @@ def test_bad_example_stops_conversion_naming_the_file(fake_voc, fake_files, tmp_
         os.remove(mask_path)
     output = tmp_path / "out"
     with pytest.raises(
-        ConfigError, match=r"Converting split 'train': bad example .*" + message + r".*--skip_bad_examples"
+        UserInputError, match=r"Converting split 'train': bad example .*" + message + r".*--skip_bad_examples"
     ):
         writer.write_dataset(voc.voc_source(fake_voc.root), str(output))
     # Nothing is left behind: no output directory and no staging directory.
@@ -74,19 +74,19 @@ def voc_palette():
 def test_a_split_with_only_bad_examples_is_an_error(fake_voc, tmp_path):
     for image_id in ("2007_000033", "2009_000001"):
         os.remove(_voc_paths(fake_voc, image_id)[1])
-    with pytest.raises(ConfigError, match=r"split 'val': expected at least one example, received none \(2 skipped"):
+    with pytest.raises(UserInputError, match=r"split 'val': expected at least one example, received none \(2 skipped"):
         writer.write_dataset(voc.voc_source(fake_voc.root), str(tmp_path / "out"), skip_bad_examples=True)
 
 
 def test_existing_output_needs_overwrite_and_survives_a_failed_conversion(fake_voc, tmp_path):
     output = tmp_path / "out"
     first, _ = writer.write_dataset(voc.voc_source(fake_voc.root), str(output), num_shards=1)
-    with pytest.raises(ConfigError, match=r"--output_dir: expected a new or empty directory.*--overwrite"):
+    with pytest.raises(UserInputError, match=r"--output_dir: expected a new or empty directory.*--overwrite"):
         writer.write_dataset(voc.voc_source(fake_voc.root), str(output))
     # A conversion that fails half-way leaves the previous dataset exactly as it was.
     os.remove(_voc_paths(fake_voc, "2009_000001")[1])
     before = sorted(os.listdir(output))
-    with pytest.raises(ConfigError, match="2009_000001"):
+    with pytest.raises(UserInputError, match="2009_000001"):
         writer.write_dataset(voc.voc_source(fake_voc.root), str(output), num_shards=3, overwrite=True)
     assert sorted(os.listdir(output)) == before and info_lib.load(str(output / info_lib.INFO_FILENAME)) == first
     assert sorted(os.listdir(tmp_path)) == ["VOCdevkit", "out"]
@@ -128,15 +128,15 @@ def test_cli_converts_and_rejects_other_formats_flags(fake_voc, tmp_path, parsed
     assert info.num_train_examples == 3
     parsed_flags(f"--source_dir={fake_voc.root}", f"--output_dir={tmp_path / 'x'}", "--class_names=a,b")
     with pytest.raises(
-        ConfigError, match=r"--class_names: not read by format 'voc', which takes --sbd_dir, --source_dir"
+        UserInputError, match=r"--class_names: not read by format 'voc', which takes --sbd_dir, --source_dir"
     ):
         cli.convert("voc")
     with pytest.raises(
-        ConfigError, match=r"format: expected one of \['ade20k', 'cityscapes', 'folder', 'tfds', 'voc'\]"
+        UserInputError, match=r"format: expected one of \['ade20k', 'cityscapes', 'folder', 'tfds', 'voc'\]"
     ):
         cli.convert("coco")
     parsed_flags(f"--output_dir={tmp_path / 'y'}")
-    with pytest.raises(ConfigError, match=r"--source_dir: required by format 'ade20k'"):
+    with pytest.raises(UserInputError, match=r"--source_dir: required by format 'ade20k'"):
         cli.convert("ade20k")
 
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 from trainer.data import schema
 from trainer.data.convert import ade20k, cityscapes, folder, reading, tfds_dataset, voc, writer
@@ -80,7 +80,7 @@ def test_voc_trainaug_from_sbd_pngs(fake_sbd_png, tmp_path):
 def test_voc_sbd_mat_files_without_scipy_say_how_to_fix(fake_voc, tmp_path):
     (tmp_path / "sbd" / "cls").mkdir(parents=True)
     (tmp_path / "sbd" / "cls" / "2010_000001.mat").write_bytes(b"MATLAB 5.0 MAT-file")
-    with pytest.raises(ConfigError, match=r"--sbd_dir: reading SBD's \.mat masks .* needs scipy"):
+    with pytest.raises(UserInputError, match=r"--sbd_dir: reading SBD's \.mat masks .* needs scipy"):
         voc.voc_source(fake_voc.root, sbd_dir=str(tmp_path / "sbd"))
 
 
@@ -98,7 +98,7 @@ def test_voc_sbd_mat_files_with_scipy(fake_voc, fake_files, tmp_path):
 
 
 def test_voc_layout_errors_name_what_is_missing(tmp_path):
-    with pytest.raises(ConfigError, match=r"--source_dir: expected a PASCAL VOC 2012 directory"):
+    with pytest.raises(UserInputError, match=r"--source_dir: expected a PASCAL VOC 2012 directory"):
         voc.voc_source(str(tmp_path))
 
 
@@ -148,7 +148,7 @@ def test_folder_class_file_with_colours(tmp_path):
     path.write_text("# name,r,g,b\nbackground,0,0,0\nroad,128,64,128\n")
     assert folder.read_class_file(str(path)) == (("background", "road"), ((0, 0, 0), (128, 64, 128)))
     path.write_text("background,0,0,0\nroad\n")
-    with pytest.raises(ConfigError, match="expected a colour on every line or on none"):
+    with pytest.raises(UserInputError, match="expected a colour on every line or on none"):
         folder.read_class_file(str(path))
 
 
@@ -205,7 +205,7 @@ def test_tfds_oxford_iiit_pet_round_trip_with_label_map(tmp_path):
 
 def test_tfds_unknown_feature_lists_the_features(tmp_path):
     with tfds.testing.mock_data(as_dataset_fn=_pets_as_dataset):
-        with pytest.raises(ConfigError, match=r"--mask_feature: .*'segmentation_mask'.*received 'mask'"):
+        with pytest.raises(UserInputError, match=r"--mask_feature: .*'segmentation_mask'.*received 'mask'"):
             tfds_dataset.tfds_source("oxford_iiit_pet", ("bg", "pet"), mask_feature="mask", splits=("train",))
 
 
@@ -216,7 +216,7 @@ def test_converted_dataset_reads_the_json_and_picks_other_splits(fake_voc, tmp_p
     assert (info.num_train_examples, info.num_eval_examples) == (3, 2)
     trainval = converted_dataset(data_dir=output, train_split="trainval")
     assert trainval.num_train_examples == 5 and trainval.train_files == info.split("trainval").files
-    with pytest.raises(ConfigError, match=r"expected a split in \['train', 'val', 'trainval'\], received 'test'"):
+    with pytest.raises(UserInputError, match=r"expected a split in \['train', 'val', 'trainval'\], received 'test'"):
         converted_dataset(data_dir=output, eval_split="test")
-    with pytest.raises(ConfigError, match=r"converted_dataset\.data_dir"):
+    with pytest.raises(UserInputError, match=r"converted_dataset\.data_dir"):
         converted_dataset(data_dir=str(tmp_path / "nothing"))

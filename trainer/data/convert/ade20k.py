@@ -6,7 +6,7 @@ and the classes shift down by one to 0..149 (mmsegmentation's `reduce_zero_label
 
 import os
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
 
@@ -42,13 +42,13 @@ def find_root(source_dir: str) -> str:
     `ADEChallengeData2016/`).
 
     Raises:
-      ConfigError: if neither has them.
+      UserInputError: if neither has them.
     """
     candidates = [source_dir, os.path.join(source_dir, "ADEChallengeData2016")]
     for candidate in candidates:
         if all(reading.isdir(os.path.join(candidate, d)) for d in ("images", "annotations")):
             return candidate
-    raise ConfigError(
+    raise UserInputError(
         f"--source_dir: expected ADE20K SceneParsing's images/ and annotations/ (looked in {candidates}), "
         f"received {source_dir!r}"
     )
@@ -68,14 +68,14 @@ def ade20k_source(source_dir: str, train_split: str = "train", eval_split: str =
     """Describes ADE20K SceneParsing's training and validation splits (as `train` and `val`).
 
     Raises:
-      ConfigError: if the layout is not found or a split has no images.
+      UserInputError: if the layout is not found or a split has no images.
     """
     root = find_root(source_dir)
     splits = []
     for split, directory in SPLIT_DIRECTORIES.items():
         images = reading.glob(os.path.join(root, "images", directory, "*.jpg"))
         if not images:
-            raise ConfigError(f"--source_dir: expected images/{directory}/*.jpg under {root!r}, found none")
+            raise UserInputError(f"--source_dir: expected images/{directory}/*.jpg under {root!r}, found none")
         splits.append(SplitSource(split, [_example(root, p, directory) for p in images], len(images)))
     return DatasetSource(
         name="ade20k",

@@ -8,7 +8,7 @@ cityscapesScripts' `labels.py`.
 
 import os
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import BadExample, DatasetSource, SourceExample, SplitSource
 
@@ -66,13 +66,13 @@ def cityscapes_source(
     The test split's public labels are all "unlabeled", so it is not among the default splits.
 
     Raises:
-      ConfigError: if a split has no images.
+      UserInputError: if a split has no images.
     """
     split_sources = []
     for split in splits:
         images = reading.glob(os.path.join(source_dir, "leftImg8bit", split, "*", "*" + _IMAGE_SUFFIX))
         if not images:
-            raise ConfigError(
+            raise UserInputError(
                 f"--source_dir: expected Cityscapes images leftImg8bit/{split}/<city>/*{_IMAGE_SUFFIX} under "
                 f"{source_dir!r}, found none"
             )

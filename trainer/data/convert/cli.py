@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert import ade20k, cityscapes, folder, reading, tfds_dataset, voc, writer
 
 _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "The source dataset's directory (local or gs://).")
@@ -74,7 +74,7 @@ _SPECIFIC_FLAGS = set().union(*_FORMAT_FLAGS.values())
 
 def _required(flag: flags.FlagHolder, format_name: str) -> str:
     if not flag.value:
-        raise ConfigError(f"--{flag.name}: required by format {format_name!r}, received none")
+        raise UserInputError(f"--{flag.name}: required by format {format_name!r}, received none")
     return flag.value
 
 
@@ -89,7 +89,7 @@ def _split_defaults(defaults: dict) -> dict:
 
 def _classes() -> tuple[tuple[str, ...], tuple | None]:
     if _CLASS_NAMES.value and _CLASS_NAMES_FILE.value:
-        raise ConfigError("--class_names and --class_names_file: expected one of them, received both")
+        raise UserInputError("--class_names and --class_names_file: expected one of them, received both")
     if _CLASS_NAMES_FILE.value:
         return folder.read_class_file(_CLASS_NAMES_FILE.value)
     return tuple(_CLASS_NAMES.value or ()), None
@@ -154,13 +154,13 @@ def convert(format_name: str) -> tuple:
     """Converts the dataset the flags describe in `format_name`; returns `writer.write_dataset`'s result.
 
     Raises:
-      ConfigError: for an unknown format, a flag of another format, or any problem `write_dataset` reports.
+      UserInputError: for an unknown format, a flag of another format, or any problem `write_dataset` reports.
     """
     if format_name not in FORMATS:
-        raise ConfigError(f"format: expected one of {sorted(FORMATS)}, received {format_name!r}")
+        raise UserInputError(f"format: expected one of {sorted(FORMATS)}, received {format_name!r}")
     foreign = sorted(name for name in _SPECIFIC_FLAGS - _FORMAT_FLAGS[format_name] if flags.FLAGS[name].present)
     if foreign:
-        raise ConfigError(
+        raise UserInputError(
             f"{', '.join('--' + n for n in foreign)}: not read by format {format_name!r}, which takes "
             f"{', '.join('--' + n for n in sorted(_FORMAT_FLAGS[format_name]))} besides the common flags"
         )

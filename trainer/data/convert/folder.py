@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
 
@@ -25,7 +25,7 @@ def read_class_file(path: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, i
       The class names and the palette (None when no line has a colour).
 
     Raises:
-      ConfigError: naming the file and line when a line is malformed or only some lines have colours.
+      UserInputError: naming the file and line when a line is malformed or only some lines have colours.
     """
     names, colours = [], []
     lines = [line.strip() for line in reading.read_bytes(path).decode("utf-8").splitlines()]
@@ -39,16 +39,16 @@ def read_class_file(path: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, i
             except ValueError:
                 colour = ()
             if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
-                raise ConfigError(
+                raise UserInputError(
                     f"--class_names_file: {path}:{number}: expected 'name' or 'name,r,g,b' with colours in "
                     f"[0, 255], received {line!r}"
                 )
             colours.append(colour)
         names.append(name)
     if not names:
-        raise ConfigError(f"--class_names_file: expected at least one class in {path}, received none")
+        raise UserInputError(f"--class_names_file: expected at least one class in {path}, received none")
     if colours and len(colours) != len(names):
-        raise ConfigError(
+        raise UserInputError(
             f"--class_names_file: {path}: expected a colour on every line or on none, received {len(colours)} "
             f"colours for {len(names)} classes"
         )
@@ -93,19 +93,19 @@ def folder_source(
       name: the dataset's name; defaults to the directory's.
 
     Raises:
-      ConfigError: if the layout, the classes or the fraction are not as described.
+      UserInputError: if the layout, the classes or the fraction are not as described.
     """
     if not class_names:
-        raise ConfigError("--class_names or --class_names_file: expected at least one class, received none")
+        raise UserInputError("--class_names or --class_names_file: expected at least one class, received none")
     if not 0 <= ignore_label <= 255 or ignore_label < len(class_names):
-        raise ConfigError(
+        raise UserInputError(
             f"--ignore_label: expected a value in [{len(class_names)}, 255] (outside the class ids), "
             f"received {ignore_label}"
         )
     image_root, mask_root = os.path.join(source_dir, "images"), os.path.join(source_dir, "masks")
     for directory in (image_root, mask_root):
         if not reading.isdir(directory):
-            raise ConfigError(
+            raise UserInputError(
                 f"--source_dir: expected the folders images/ and masks/ in {source_dir!r}, found no {directory}"
             )
     table = reading.lookup_table(label_map or {})
@@ -120,10 +120,10 @@ def folder_source(
             splits.append(SplitSource(split, examples, len(examples)))
     else:
         if not 0 < val_fraction < 1:
-            raise ConfigError(f"--val_fraction: expected a fraction in (0, 1), received {val_fraction}")
+            raise UserInputError(f"--val_fraction: expected a fraction in (0, 1), received {val_fraction}")
         images = _images(image_root)
         if len(images) < 2:
-            raise ConfigError(
+            raise UserInputError(
                 f"--source_dir: expected at least 2 images in {image_root} to split into train and val, "
                 f"found {len(images)}"
             )

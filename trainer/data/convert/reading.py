@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert.writer import BadExample
 
 RGB = tuple[int, int, int]
@@ -51,7 +51,7 @@ def parse_label_map(text: str, flag: str = "--label_map") -> dict[int, int]:
     """Parses "source:target,..." (e.g. "1:1,2:0,3:255") into a dict of label values in [0, 255].
 
     Raises:
-      ConfigError: naming `flag` when an entry is malformed or out of range.
+      UserInputError: naming `flag` when an entry is malformed or out of range.
     """
     mapping = {}
     for entry in (e.strip() for e in text.split(",")):
@@ -60,11 +60,11 @@ def parse_label_map(text: str, flag: str = "--label_map") -> dict[int, int]:
         try:
             source, target = (int(v) for v in entry.split(":"))
         except ValueError:
-            raise ConfigError(
+            raise UserInputError(
                 f"{flag}: expected entries 'source:target' of ints separated by commas, received {entry!r}"
             ) from None
         if not (0 <= source <= 255 and 0 <= target <= 255):
-            raise ConfigError(f"{flag}: expected label values in [0, 255], received {entry!r}")
+            raise UserInputError(f"{flag}: expected label values in [0, 255], received {entry!r}")
         mapping[source] = target
     return mapping
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
 
@@ -73,24 +73,24 @@ def tfds_source(
       download: download and prepare the dataset when it is not in `data_dir` yet.
 
     Raises:
-      ConfigError: if a feature or split is missing.
+      UserInputError: if a feature or split is missing.
     """
     if not class_names:
-        raise ConfigError("--class_names: expected the names of the classes (tfds masks carry none), received none")
+        raise UserInputError("--class_names: expected the names of the classes (tfds masks carry none), received none")
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
         builder.download_and_prepare()
     features = builder.info.features
     for flag, feature in (("--image_feature", image_feature), ("--mask_feature", mask_feature)):
         if feature not in features:
-            raise ConfigError(
+            raise UserInputError(
                 f"{flag}: expected a feature of tfds dataset {name!r} (it has {sorted(features.keys())}), "
                 f"received {feature!r}"
             )
     known_splits = tuple(builder.info.splits.keys())
     splits = tuple(splits) or known_splits
     if not splits:
-        raise ConfigError(f"--splits: tfds dataset {name!r} lists no splits; name the ones to convert")
+        raise UserInputError(f"--splits: tfds dataset {name!r} lists no splits; name the ones to convert")
     if eval_split is None:
         eval_split = "validation" if "validation" in splits else "test"
     table = reading.lookup_table(label_map or {})

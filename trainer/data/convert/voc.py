@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
 from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
 
@@ -48,13 +48,13 @@ def find_root(source_dir: str) -> str:
     """Returns the VOC2012 directory under `source_dir` (itself, `VOC2012/` or `VOCdevkit/VOC2012/`).
 
     Raises:
-      ConfigError: if none of them has `JPEGImages/` and `SegmentationClass/`.
+      UserInputError: if none of them has `JPEGImages/` and `SegmentationClass/`.
     """
     candidates = [source_dir, os.path.join(source_dir, "VOC2012"), os.path.join(source_dir, "VOCdevkit", "VOC2012")]
     for candidate in candidates:
         if all(reading.isdir(os.path.join(candidate, d)) for d in ("JPEGImages", "SegmentationClass")):
             return candidate
-    raise ConfigError(
+    raise UserInputError(
         f"--source_dir: expected a PASCAL VOC 2012 directory with JPEGImages/ and SegmentationClass/ (looked in "
         f"{candidates}), received {source_dir!r}"
     )
@@ -85,13 +85,13 @@ def _sbd_masks(sbd_dir: str) -> tuple[dict[str, str], object]:
     """Returns {image id: mask path} of the SBD masks under `sbd_dir` and the function that reads one.
 
     Raises:
-      ConfigError: if `sbd_dir` holds neither `cls/*.mat` nor `*.png` masks, or holds .mat files and scipy
+      UserInputError: if `sbd_dir` holds neither `cls/*.mat` nor `*.png` masks, or holds .mat files and scipy
         is not installed.
     """
     mat_files = reading.glob(os.path.join(sbd_dir, "cls", "*.mat"))
     if mat_files:
         if importlib.util.find_spec("scipy") is None:
-            raise ConfigError(
+            raise UserInputError(
                 f"--sbd_dir: reading SBD's .mat masks in {sbd_dir}/cls needs scipy, which is not installed. "
                 "Install it (pip install scipy), or pass --sbd_dir a directory of the SBD masks as label PNGs "
                 "(e.g. SegmentationClassAug)."
@@ -106,7 +106,7 @@ def _sbd_masks(sbd_dir: str) -> tuple[dict[str, str], object]:
     png_files = reading.glob(os.path.join(sbd_dir, "*.png"))
     if png_files:
         return {os.path.splitext(os.path.basename(f))[0]: f for f in png_files}, reading.read_label_png
-    raise ConfigError(
+    raise UserInputError(
         f"--sbd_dir: expected SBD's cls/*.mat files or a directory of *.png label maps, found neither in {sbd_dir!r}"
     )
 
@@ -126,7 +126,7 @@ def voc_source(
       eval_split: the JSON's evaluation split.
 
     Raises:
-      ConfigError: if the layout is not found.
+      UserInputError: if the layout is not found.
     """
     root = find_root(source_dir)
     mask_dir = os.path.join(root, "SegmentationClass")
@@ -137,7 +137,7 @@ def voc_source(
             split_ids[split] = _read_ids(path)
     for required in ("train", "val"):
         if required not in split_ids:
-            raise ConfigError(
+            raise UserInputError(
                 f"--source_dir: expected ImageSets/Segmentation/{required}.txt under {root!r}, found "
                 f"{sorted(split_ids) or 'no split lists'}"
             )

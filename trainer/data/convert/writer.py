@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from trainer.core.config import ConfigError
+from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 from trainer.data import schema
 
@@ -221,7 +221,7 @@ def _write_split(
         for example, result in examples:
             if isinstance(result, BadExample):
                 if not skip_bad_examples:
-                    raise ConfigError(
+                    raise UserInputError(
                         f"Converting split {split.name!r}: bad example {result}. Fix or remove it, or pass "
                         "--skip_bad_examples to leave bad examples out (each one is counted and reported)."
                     )
@@ -246,7 +246,7 @@ def _write_split(
         for writer in writers:
             writer.close()
     if not report.num_written:
-        raise ConfigError(
+        raise UserInputError(
             f"Converting split {split.name!r}: expected at least one example, received none "
             f"({len(report.skipped)} skipped as bad). Check --source_dir and the split's files."
         )
@@ -320,18 +320,18 @@ def write_dataset(
       The `DatasetInfo` saved in the JSON, and one report per split.
 
     Raises:
-      ConfigError: at the first bad example (naming its file) unless `skip_bad_examples`, when a split
+      UserInputError: at the first bad example (naming its file) unless `skip_bad_examples`, when a split
         ends up empty, or when `output_dir` holds files and `overwrite` is False.
     """
     output_dir = output_dir.rstrip("/")
     split_names = [split.name for split in source.splits]
     for flag, split_name in (("--train_split", source.train_split), ("--eval_split", source.eval_split)):
         if split_name not in split_names:
-            raise ConfigError(f"{flag}: expected one of the splits found {split_names}, received {split_name!r}")
+            raise UserInputError(f"{flag}: expected one of the splits found {split_names}, received {split_name!r}")
     if num_shards < 0:
-        raise ConfigError(f"--num_shards: expected 0 (automatic) or a positive int, received {num_shards}")
+        raise UserInputError(f"--num_shards: expected 0 (automatic) or a positive int, received {num_shards}")
     if _is_nonempty_directory(output_dir) and not overwrite:
-        raise ConfigError(
+        raise UserInputError(
             f"--output_dir: expected a new or empty directory, received {output_dir!r} which holds files. "
             "Pass --overwrite to replace it (the old dataset stays until the new one is complete)."
         )
