@@ -225,7 +225,7 @@ def _train_two_steps(strategy: tf.distribute.Strategy) -> tuple[float, list[np.n
             [keras.layers.Conv2D(4, 3, padding="same", activation="relu"), keras.layers.Conv2D(3, 1)]
         )
         model(tf.zeros([1, 32, 32, 3]))
-        optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.01)
+        optimizer = optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.01), total_steps=10)
         global_step = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, size=(8, 32, 32, 3)).astype(np.float32)

@@ -75,7 +75,7 @@ def _train(strategy, initial_weights, options=PLAIN, accumulation=1):
         if initial_weights is not None:
             model.set_weights(initial_weights)
         optimizer = optim.build_optimizer(
-            total_steps=10, model=model, learning_rate=0.01, **options.get("optimizer", {})
+            optim.OptimizerConfig(learning_rate=0.01, **options.get("optimizer", {})), total_steps=10, model=model
         )
         global_step = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         ema = ExponentialMovingAverage(model.variables, options["ema_decay"]) if "ema_decay" in options else None

@@ -61,7 +61,7 @@ def test_train_loop_updates_the_average_of_every_weight_and_batch_norm_statistic
     with strategy.scope():
         model = tiny_deeplab(3)
         model(tf.zeros([1, 32, 32, 3]))
-        optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.05)
+        optimizer = optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.05), total_steps=10)
         global_step = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         ema = ema_lib.ExponentialMovingAverage(model.variables, decay=0.5)
     assert len(ema.averages) == len(model.trainable_variables) + len(model.non_trainable_variables)

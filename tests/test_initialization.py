@@ -8,7 +8,7 @@ import tensorflow as tf
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
 from trainer.common.errors import UserInputError
-from trainer.core.initialization import initialize_model
+from trainer.core.initialization import InitConfig, initialize_model
 from trainer.models import DeepLabV3Plus, ResNet
 
 
@@ -36,7 +36,7 @@ def test_fine_tuning_from_a_checkpoint_keeps_everything_but_a_resized_classifier
     tf.train.Checkpoint(model=source).save(str(tmp_path / "ckpt"))
     target = _tiny(5)
     fresh_classifier = target.classifier.get_weights()
-    initialize_model(target, checkpoint=str(tmp_path), checkpoint_parts="all")
+    initialize_model(target, InitConfig(checkpoint=str(tmp_path), checkpoint_parts="all"))
     for a, b in zip(source.backbone.get_weights(), target.backbone.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(source.decoder.get_weights(), target.decoder.get_weights(), strict=True):
@@ -47,7 +47,7 @@ def test_fine_tuning_from_a_checkpoint_keeps_everything_but_a_resized_classifier
 
 def test_two_sources_of_initial_weights_are_rejected(tmp_path):
     with pytest.raises(UserInputError, match="at most one source"):
-        initialize_model(_tiny(5), keras_h5="a.h5", checkpoint="b")
+        InitConfig(keras_h5="a.h5", checkpoint="b")
 
 
 def test_run_initialises_a_fresh_model_and_names_a_missing_weights_file(tmp_path):

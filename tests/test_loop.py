@@ -36,7 +36,9 @@ def _build(strategy, initial_weights=None, **optimizer_args):
         model(tf.zeros([1, SIZE, SIZE, 3]))
         if initial_weights is not None:
             model.set_weights(initial_weights)
-        optimizer = optim.build_optimizer(total_steps=10, model=model, learning_rate=0.05, **optimizer_args)
+        optimizer = optim.build_optimizer(
+            optim.OptimizerConfig(learning_rate=0.05, **optimizer_args), total_steps=10, model=model
+        )
         global_step = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     return model, optimizer, global_step
 
@@ -124,7 +126,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught():
     with strategy.scope():
         model = keras.Sequential([keras.layers.Conv2D(NUM_CLASSES, 1), PoisonedGradient()])
         model(tf.zeros([1, SIZE, SIZE, 3]))
-        optimizer = optim.build_optimizer(total_steps=10)
+        optimizer = optim.build_optimizer(optim.OptimizerConfig(), total_steps=10)
         global_step = tf.Variable(0, dtype=tf.int64)
     images, labels = _examples(4)
     train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 0.0)

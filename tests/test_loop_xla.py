@@ -42,7 +42,7 @@ def test_train_step_compiles_with_xla_under_mixed_bfloat16(backbone, mixed_bfloa
     with strategy.scope():
         model = _tiny_model(BACKBONES[backbone]())
         model(tf.zeros([1, 32, 32, 3]))
-        optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.01)
+        optimizer = optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.01), total_steps=10)
         global_step = tf.Variable(0, dtype=tf.int64)
     before = [w.copy() for w in model.get_weights()]
     # XLA really compiles the forward and backward pass (an HLO module comes out), under bf16 compute.
@@ -68,7 +68,7 @@ def test_xla_step_matches_the_plain_step_in_float32():
         with strategy.scope():
             model = _tiny_model(BACKBONES["resnet"]())
             model(tf.zeros([1, 64, 64, 3]))
-            optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.01)
+            optimizer = optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.01), total_steps=10)
             global_step = tf.Variable(0, dtype=tf.int64)
         train_loop = loop.make_train_loop(
             strategy, model, optimizer, global_step, ignore_label=255, l2_weight_decay=1e-4, jit_compile=jit_compile

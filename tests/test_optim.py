@@ -20,21 +20,21 @@ def test_schedule_warms_up_linearly_then_decays_polynomially():
 
 def test_warmup_longer_than_training_is_a_clear_error():
     with pytest.raises(UserInputError, match="optimizer.warmup_steps"):
-        optim.build_optimizer(total_steps=10, warmup_steps=10)
+        optim.build_optimizer(optim.OptimizerConfig(warmup_steps=10), total_steps=10)
 
 
 def test_optimizer_is_sgd_with_momentum():
-    optimizer = optim.build_optimizer(total_steps=10, learning_rate=0.2, momentum=0.8)
+    optimizer = optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.2, momentum=0.8), total_steps=10)
     assert type(optimizer).__name__ == "SGD"
     assert optimizer.momentum == 0.8
 
 
 def test_adam_is_available_and_unknown_algorithms_are_named():
-    assert type(optim.build_optimizer(total_steps=10, algorithm="adam")).__name__ == "Adam"
+    assert type(optim.build_optimizer(optim.OptimizerConfig(algorithm="adam"), total_steps=10)).__name__ == "Adam"
     with pytest.raises(
         UserInputError, match=r"optimizer.algorithm: expected one of \{sgd, adam, adamw\}, received 'lamb'"
     ):
-        optim.build_optimizer(total_steps=10, algorithm="lamb")
+        optim.build_optimizer(optim.OptimizerConfig(algorithm="lamb"), total_steps=10)
 
 
 def test_cosine_schedule_warms_up_then_follows_half_a_cosine():
@@ -51,9 +51,9 @@ def test_step_schedule_drops_by_the_factor_at_each_boundary():
     values = [float(schedule(step)) for step in (0, 2, 5, 29, 30, 59, 60, 99)]
     np.testing.assert_allclose(values, [0.0, 0.04, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
     with pytest.raises(UserInputError, match="optimizer.step_boundaries: expected a non-empty, strictly ascending"):
-        optim.build_optimizer(total_steps=100, schedule="step", step_boundaries=(60, 30))
+        optim.build_optimizer(optim.OptimizerConfig(schedule="step", step_boundaries=(60, 30)), total_steps=100)
     with pytest.raises(UserInputError, match=r"optimizer.schedule: expected one of \{poly, cosine, step\}"):
-        optim.build_optimizer(total_steps=100, schedule="exponential")
+        optim.build_optimizer(optim.OptimizerConfig(schedule="exponential"), total_steps=100)
 
 
 def _dense_model():
@@ -81,13 +81,11 @@ def _apply(optimizer, model, gradient_value=1.0):
 def test_adamw_decays_kernels_only_and_decoupled_from_the_gradient():
     model = _dense_model()
     optimizer = optim.build_optimizer(
+        optim.OptimizerConfig(
+            algorithm="adamw", learning_rate=0.1, weight_decay=0.5, schedule="step", step_boundaries=(100,)
+        ),
         total_steps=10,
         model=model,
-        algorithm="adamw",
-        learning_rate=0.1,
-        weight_decay=0.5,
-        schedule="step",
-        step_boundaries=(100,),
     )
     assert type(optimizer).__name__ == "AdamW"
     _apply(optimizer, model, gradient_value=0.0)
@@ -99,7 +97,7 @@ def test_adamw_decays_kernels_only_and_decoupled_from_the_gradient():
     with pytest.raises(
         UserInputError, match="optimizer.weight_decay: decoupled weight decay applies to algorithm 'adamw'"
     ):
-        optim.build_optimizer(total_steps=10, algorithm="sgd", weight_decay=0.1)
+        optim.build_optimizer(optim.OptimizerConfig(algorithm="sgd", weight_decay=0.1), total_steps=10)
 
 
 @pytest.mark.parametrize("algorithm", ["sgd", "adam", "adamw"])
@@ -108,11 +106,9 @@ def test_backbone_multiplier_scales_the_backbone_update_for_every_algorithm(algo
     for multiplier in (1.0, 0.1):
         model = _dense_model()
         optimizer = optim.build_optimizer(
+            optim.OptimizerConfig(algorithm=algorithm, learning_rate=0.1, backbone_learning_rate_multiplier=multiplier),
             total_steps=10,
             model=model,
-            algorithm=algorithm,
-            learning_rate=0.1,
-            backbone_learning_rate_multiplier=multiplier,
         )
         before = [v.numpy() for v in model.trainable_variables]
         # AdamW's decay makes later steps depend on the weights, which differ between the two runs: one step
@@ -135,24 +131,24 @@ def test_backbone_multiplier_scales_the_backbone_update_for_every_algorithm(algo
 def test_backbone_multiplier_needs_a_model_with_a_backbone():
     with pytest.raises(UserInputError, match="backbone_learning_rate_multiplier: expected a model with a `backbone`"):
         optim.build_optimizer(
-            total_steps=10, model=keras.Sequential([keras.layers.Dense(2)]), backbone_learning_rate_multiplier=0.1
+            optim.OptimizerConfig(backbone_learning_rate_multiplier=0.1),
+            total_steps=10,
+            model=keras.Sequential([keras.layers.Dense(2)]),
         )
 
 
 def test_global_clipnorm_clips_the_update_to_the_global_norm():
     model = _dense_model()
     optimizer = optim.build_optimizer(
+        optim.OptimizerConfig(
+            learning_rate=1.0, momentum=0.0, schedule="step", step_boundaries=(100,), global_clipnorm=2.0
+        ),
         total_steps=10,
         model=model,
-        learning_rate=1.0,
-        momentum=0.0,
-        schedule="step",
-        step_boundaries=(100,),
-        global_clipnorm=2.0,
     )
     before = [v.numpy() for v in model.trainable_variables]
     _apply(optimizer, model, gradient_value=10.0)
     step = [b - v.numpy() for v, b in zip(model.trainable_variables, before, strict=True)]
     np.testing.assert_allclose(np.sqrt(sum((s**2).sum() for s in step)), 2.0, rtol=1e-5)
     with pytest.raises(UserInputError, match="optimizer.global_clipnorm"):
-        optim.build_optimizer(total_steps=10, global_clipnorm=0.0)
+        optim.build_optimizer(optim.OptimizerConfig(global_clipnorm=0.0), total_steps=10)

@@ -49,7 +49,7 @@ def test_mixed_float16_trains_with_a_dynamic_loss_scale_and_skips_overflowing_st
         # A start scale of 2**40 overflows float16 gradients on purpose: the optimizer must skip those updates and
         # halve the scale until the gradients fit, without the NaN guard firing (the loss itself stays finite).
         optimizer = keras.mixed_precision.LossScaleOptimizer(
-            optim.build_optimizer(total_steps=40, learning_rate=0.01), initial_scale=2**40
+            optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.01), total_steps=40), initial_scale=2**40
         )
         global_step = tf.Variable(0, dtype=tf.int64)
     assert model.backbone.compute_dtype == "float16" and precision.uses_loss_scaling(optimizer)

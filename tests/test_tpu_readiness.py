@@ -121,7 +121,7 @@ def test_config_compiles_with_xla_under_bfloat16_on_static_shapes(config, tiny_d
     with strategy.scope():
         model = _bound("run.model", DeepLabV3Plus)(num_classes=info.num_classes)
         model(tf.zeros([1, CROP, CROP, 3]), training=False)
-        optimizer = optim.build_optimizer(total_steps=train_config.steps)
+        optimizer = optim.build_optimizer(optim.OptimizerConfig(), total_steps=train_config.steps)
         optimizer.build(model.trainable_variables)
     assert model.compute_dtype == "bfloat16" and all(v.dtype == tf.float32 for v in model.trainable_variables)
 

@@ -8,8 +8,10 @@ from collections.abc import Sequence
 
 import gin
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.common.validate import FlagEnum
+from trainer.core import metrics, precision
 
 
 class Mode(FlagEnum):
@@ -24,13 +26,6 @@ class Mode(FlagEnum):
     @classmethod
     def flag_name(cls) -> str:
         return "--mode"
-
-
-def _check_positive(binding: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise UserInputError(
-            f"gin binding {binding}: expected a positive integer, received {value!r} (of type {type(value).__name__})."
-        )
 
 
 @gin.configurable("train")
@@ -66,17 +61,31 @@ class TrainConfig:
     nan_recovery_attempts: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "global_batch_size", "steps_per_loop", "checkpoint_every_steps"):
-            if name != "steps_per_loop" or self.steps_per_loop is not None:
-                _check_positive(f"train.{name}", getattr(self, name))
-        _check_positive("train.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        positive = ["steps", "global_batch_size", "checkpoint_every_steps", "gradient_accumulation_steps"]
+        positive += ["max_checkpoints_to_keep"] + (["steps_per_loop"] if self.steps_per_loop is not None else [])
+        for name in positive:
+            validate.positive_int(f"gin binding train.{name}", getattr(self, name))
         for name in ("summary_every", "nan_recovery_attempts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserInputError(f"gin binding train.{name}: expected an integer >= 0, received {value!r}.")
-        _check_positive("train.max_checkpoints_to_keep", self.max_checkpoints_to_keep)
-        if self.l2_weight_decay < 0:
-            raise UserInputError(f"gin binding train.l2_weight_decay: expected >= 0, received {self.l2_weight_decay}.")
+            validate.non_negative_int(f"gin binding train.{name}", getattr(self, name))
+        validate.non_negative_number("gin binding train.l2_weight_decay", self.l2_weight_decay)
+        if self.precision is not None:
+            precision.parse(self.precision)
+
+    def with_defaults(self, steps_per_loop: int, precision_name: str) -> "TrainConfig":
+        """Returns this config with `steps_per_loop` and `precision`, where unset, filled in (the strategy's)."""
+        return dataclasses.replace(
+            self, steps_per_loop=self.steps_per_loop or steps_per_loop, precision=self.precision or precision_name
+        )
+
+    def check_replicas(self, num_replicas: int) -> None:
+        """Raises UserInputError unless the global batch splits into `num_replicas` × accumulation micro-batches."""
+        where = "gin binding train.global_batch_size"
+        per_replica = validate.divisible_batch(where, self.global_batch_size, num_replicas)
+        if per_replica % self.gradient_accumulation_steps:
+            raise UserInputError(
+                f"gin binding train.gradient_accumulation_steps: expected a divisor of the per-replica batch "
+                f"({self.global_batch_size} / {num_replicas} replicas), received {self.gradient_accumulation_steps}."
+            )
 
 
 @gin.configurable("evaluation")
@@ -94,13 +103,14 @@ class EvalConfig:
     continuous_timeout_secs: float = 3600.0
 
     def __post_init__(self):
-        _check_positive("evaluation.every_steps", self.every_steps)
-        _check_positive("evaluation.global_batch_size", self.global_batch_size)
-        if not isinstance(self.continuous_timeout_secs, int | float) or self.continuous_timeout_secs <= 0:
-            raise UserInputError(
-                "gin binding evaluation.continuous_timeout_secs: expected a positive number of seconds, received "
-                f"{self.continuous_timeout_secs!r}."
-            )
+        validate.positive_int("gin binding evaluation.every_steps", self.every_steps)
+        validate.positive_int("gin binding evaluation.global_batch_size", self.global_batch_size)
+        validate.positive_number("gin binding evaluation.continuous_timeout_secs", self.continuous_timeout_secs)
+        validate.choice("gin binding evaluation.best_metric", self.best_metric, metrics.SCALAR_METRICS)
+
+    def check_replicas(self, num_replicas: int) -> None:
+        """Raises UserInputError unless the eval batch splits evenly over `num_replicas`."""
+        validate.divisible_batch("gin binding evaluation.global_batch_size", self.global_batch_size, num_replicas)
 
 
 # gin keeps its registry private; reading it is the only way to suggest what the user meant.

@@ -1,12 +1,13 @@
 """The optimizer and its learning-rate schedule.
 
-`build_optimizer` (gin `optimizer.*`) gives SGD with momentum, Adam or AdamW on a poly, cosine or step schedule,
-each with an optional linear warmup, global-norm gradient clipping and a learning-rate multiplier for the
-backbone. Weight decay follows each optimizer's standard: an L2 term in the loss for SGD and Adam
+`OptimizerConfig` (gin `optimizer.*`) and `build_optimizer` give SGD with momentum, Adam or AdamW on a poly,
+cosine or step schedule, each with an optional linear warmup, global-norm gradient clipping and a learning-rate
+multiplier for the backbone. Weight decay follows each optimizer's standard: an L2 term in the loss for SGD and Adam
 (`train.l2_weight_decay`, added by the train loop), decoupled decay for AdamW (`optimizer.weight_decay`); both
 decay convolution and dense kernels only, never biases or batch-norm parameters.
 """
 
+import dataclasses
 import enum
 import math
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.core.losses import is_decayed
 
@@ -209,14 +211,6 @@ class Schedule(enum.Enum):
     STEP = "step"
 
 
-def _parse(enum_type: type[enum.Enum], value, binding: str) -> enum.Enum:
-    try:
-        return enum_type(value)
-    except ValueError:
-        valid = ", ".join(member.value for member in enum_type)
-        raise UserInputError(f"gin binding {binding}: expected one of {{{valid}}}, received {value!r}.") from None
-
-
 def decouples_weight_decay(optimizer: keras.optimizers.Optimizer) -> bool:
     """True when `optimizer` (possibly inside a LossScaleOptimizer) decays weights itself (AdamW)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
@@ -224,93 +218,100 @@ def decouples_weight_decay(optimizer: keras.optimizers.Optimizer) -> bool:
 
 
 @gin.configurable("optimizer")
-def build_optimizer(
-    total_steps: int,
-    model: keras.Model | None = None,
-    algorithm: str = Algorithm.SGD.value,
-    learning_rate: float = 0.01,
-    schedule: str = Schedule.POLY.value,
-    warmup_steps: int = 0,
-    poly_power: float = 0.9,
-    end_learning_rate: float = 0.0,
-    step_boundaries: Sequence[int] = (),
-    step_factor: float = 0.1,
-    momentum: float = 0.9,
-    nesterov: bool = False,
-    weight_decay: float | None = None,
-    global_clipnorm: float | None = None,
-    backbone_learning_rate_multiplier: float = 1.0,
-) -> keras.optimizers.Optimizer:
-    """SGD with momentum (default), Adam or AdamW on a warmup + decay schedule spanning `total_steps`.
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """SGD with momentum (default), Adam or AdamW on a warmup + decay schedule; gin `optimizer.<field>`.
 
-    Args:
-      total_steps: training steps (`train.steps`); the schedules decay over them.
-      model: the model to train; needed for `backbone_learning_rate_multiplier` (its `backbone` attribute).
-      algorithm: sgd, adam or adamw. `momentum` and `nesterov` apply to SGD; Adam and AdamW use the standard
-        moments (beta_1 0.9, beta_2 0.999).
-      learning_rate: the peak learning rate, reached at the end of the warmup.
-      schedule: poly (DeepLab's, power `poly_power`, to `end_learning_rate`), cosine (to `end_learning_rate`) or
-        step (× `step_factor` at each of `step_boundaries`).
-      warmup_steps: linear warmup from 0 over this many steps (any schedule).
-      weight_decay: AdamW's decoupled weight decay (default 0.01); SGD and Adam take theirs as an L2 term in the
-        loss, `train.l2_weight_decay`.
-      global_clipnorm: clips the (all-reduced, unscaled) gradient to this global norm; None does not clip.
-      backbone_learning_rate_multiplier: the backbone's learning rate is this × the schedule's (fine-tuning
-        recipes use e.g. 0.1); the rest of the model follows the schedule.
+    `algorithm`: sgd, adam or adamw; `momentum` and `nesterov` apply to SGD, Adam and AdamW use the standard
+    moments (beta_1 0.9, beta_2 0.999). `learning_rate` is the peak, reached at the end of `warmup_steps` of linear
+    warmup. `schedule`: poly (DeepLab's, power `poly_power`, to `end_learning_rate`), cosine (to
+    `end_learning_rate`) or step (× `step_factor` at each of `step_boundaries`). `weight_decay` is AdamW's
+    decoupled decay (default 0.01); SGD and Adam take theirs as an L2 term in the loss (`train.l2_weight_decay`).
+    `global_clipnorm` clips the all-reduced, unscaled gradient (None: no clipping). The backbone's learning rate
+    is `backbone_learning_rate_multiplier` × the schedule's (fine-tuning recipes use e.g. 0.1).
     """
-    algorithm = _parse(Algorithm, algorithm, "optimizer.algorithm")
-    schedule = _parse(Schedule, schedule, "optimizer.schedule")
-    if learning_rate <= 0:
-        raise UserInputError(f"gin binding optimizer.learning_rate: expected > 0, received {learning_rate}.")
-    if global_clipnorm is not None and not global_clipnorm > 0:
-        raise UserInputError(
-            f"gin binding optimizer.global_clipnorm: expected a norm > 0 or None (no clipping), "
-            f"received {global_clipnorm!r}."
+
+    algorithm: str = Algorithm.SGD.value
+    learning_rate: float = 0.01
+    schedule: str = Schedule.POLY.value
+    warmup_steps: int = 0
+    poly_power: float = 0.9
+    end_learning_rate: float = 0.0
+    step_boundaries: Sequence[int] = ()
+    step_factor: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float | None = None
+    global_clipnorm: float | None = None
+    backbone_learning_rate_multiplier: float = 1.0
+
+    def __post_init__(self):
+        algorithm = validate.enum_member("gin binding optimizer.algorithm", Algorithm, self.algorithm)
+        validate.enum_member("gin binding optimizer.schedule", Schedule, self.schedule)
+        validate.positive_number("gin binding optimizer.learning_rate", self.learning_rate)
+        if self.global_clipnorm is not None:
+            validate.positive_number("gin binding optimizer.global_clipnorm (None: no clipping)", self.global_clipnorm)
+        validate.non_negative_number(
+            "gin binding optimizer.backbone_learning_rate_multiplier", self.backbone_learning_rate_multiplier
         )
-    if not backbone_learning_rate_multiplier >= 0:
-        raise UserInputError(
-            "gin binding optimizer.backbone_learning_rate_multiplier: expected >= 0, "
-            f"received {backbone_learning_rate_multiplier!r}."
-        )
-    if algorithm is Algorithm.ADAMW:
-        weight_decay = 0.01 if weight_decay is None else weight_decay
-        if weight_decay < 0:
-            raise UserInputError(f"gin binding optimizer.weight_decay: expected >= 0, received {weight_decay!r}.")
-    elif weight_decay is not None:
-        raise UserInputError(
-            f"gin binding optimizer.weight_decay: decoupled weight decay applies to algorithm 'adamw', received "
-            f"{weight_decay!r} with algorithm {algorithm.value!r}; {algorithm.value} decays weights through an L2 "
-            "term in the loss: set train.l2_weight_decay instead."
+        if algorithm is Algorithm.ADAMW:
+            if self.weight_decay is not None:
+                validate.non_negative_number("gin binding optimizer.weight_decay", self.weight_decay)
+        elif self.weight_decay is not None:
+            raise UserInputError(
+                f"gin binding optimizer.weight_decay: decoupled weight decay applies to algorithm 'adamw', received "
+                f"{self.weight_decay!r} with algorithm {algorithm.value!r}; {algorithm.value} decays weights "
+                "through an L2 term in the loss: set train.l2_weight_decay instead."
+            )
+
+    def learning_rates(self, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+        """The warmup + decay schedule spanning `total_steps` (`train.steps`)."""
+        schedule = Schedule(self.schedule)
+        if schedule is Schedule.POLY:
+            return WarmupPolynomialDecay(
+                self.learning_rate,
+                total_steps,
+                self.warmup_steps,
+                power=self.poly_power,
+                end_learning_rate=self.end_learning_rate,
+            )
+        if schedule is Schedule.COSINE:
+            return WarmupCosineDecay(self.learning_rate, total_steps, self.warmup_steps, self.end_learning_rate)
+        return WarmupStepDecay(
+            self.learning_rate, total_steps, self.step_boundaries, self.step_factor, self.warmup_steps
         )
 
-    if schedule is Schedule.POLY:
-        learning_rates = WarmupPolynomialDecay(
-            learning_rate, total_steps, warmup_steps, power=poly_power, end_learning_rate=end_learning_rate
-        )
-    elif schedule is Schedule.COSINE:
-        learning_rates = WarmupCosineDecay(learning_rate, total_steps, warmup_steps, end_learning_rate)
-    else:
-        learning_rates = WarmupStepDecay(learning_rate, total_steps, step_boundaries, step_factor, warmup_steps)
 
-    common = {"learning_rate": learning_rates, "global_clipnorm": global_clipnorm}
+def build_optimizer(
+    config: OptimizerConfig, total_steps: int, model: keras.Model | None = None
+) -> keras.optimizers.Optimizer:
+    """Returns the optimizer `config` describes, its schedule spanning `total_steps`.
+
+    `model` is needed for `backbone_learning_rate_multiplier` (its `backbone` attribute).
+    """
+    common = {"learning_rate": config.learning_rates(total_steps), "global_clipnorm": config.global_clipnorm}
+    algorithm = Algorithm(config.algorithm)
     if algorithm is Algorithm.SGD:
-        optimizer = SGD(momentum=momentum, nesterov=nesterov, **common)
+        optimizer = SGD(momentum=config.momentum, nesterov=config.nesterov, **common)
     elif algorithm is Algorithm.ADAM:
         optimizer = Adam(**common)
     else:
-        optimizer = AdamW(weight_decay=weight_decay, **common)
-
-    if backbone_learning_rate_multiplier != 1.0:
-        backbone = getattr(model, "backbone", None)
-        if backbone is None:
-            raise UserInputError(
-                "gin binding optimizer.backbone_learning_rate_multiplier: expected a model with a `backbone` "
-                f"(a DeepLab model), received {type(model).__name__}; leave the multiplier at 1.0 for this model."
-            )
-        if not backbone.trainable_variables:
-            raise UserInputError(
-                "gin binding optimizer.backbone_learning_rate_multiplier: the backbone has no variables yet; build "
-                "the model (call it once) before the optimizer."
-            )
-        optimizer.set_learning_rate_multiplier(backbone.trainable_variables, backbone_learning_rate_multiplier)
+        optimizer = AdamW(weight_decay=0.01 if config.weight_decay is None else config.weight_decay, **common)
+    if config.backbone_learning_rate_multiplier != 1.0:
+        _set_backbone_multiplier(optimizer, model, config.backbone_learning_rate_multiplier)
     return optimizer
+
+
+def _set_backbone_multiplier(optimizer: "SGD | Adam | AdamW", model: keras.Model | None, multiplier: float) -> None:
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise UserInputError(
+            "gin binding optimizer.backbone_learning_rate_multiplier: expected a model with a `backbone` "
+            f"(a DeepLab model), received {type(model).__name__}; leave the multiplier at 1.0 for this model."
+        )
+    if not backbone.trainable_variables:
+        raise UserInputError(
+            "gin binding optimizer.backbone_learning_rate_multiplier: the backbone has no variables yet; build "
+            "the model (call it once) before the optimizer."
+        )
+    optimizer.set_learning_rate_multiplier(backbone.trainable_variables, multiplier)
