@@ -8,6 +8,12 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from trainer import train_lib  # also registers every gin configurable the smoke config binds
+from trainer.core.config import EvalConfig, Mode
+from trainer.core.losses import SegmentationLoss
+from trainer.core.train_step import StepOptions
+from trainer.core.trainer import Trainer
+from trainer.data.synthetic import synthetic_shapes
+from trainer.models import DeepLabV3Plus
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_GIN = os.path.join(REPO_ROOT, "configs", "smoke.gin")
@@ -58,17 +64,65 @@ def one_device_strategy() -> tf.distribute.OneDeviceStrategy:
     return tf.distribute.OneDeviceStrategy("/cpu:0")
 
 
+class SmokeRun:
+    """The training and evaluation objects `run()` builds, of the parsed (smoke) gin config, driven by hand."""
+
+    def __init__(
+        self, model_dir: str, train_config, strategy: tf.distribute.Strategy | None = None, eval_batch: int = 4
+    ):
+        strategy = strategy or one_device_strategy()
+        config = train_lib.configure(strategy, train=train_config, evaluation=EvalConfig(global_batch_size=eval_batch))
+        self.context = train_lib.build_context(
+            Mode.TRAIN_AND_EVAL, model_dir, strategy, synthetic_shapes(), DeepLabV3Plus, config
+        )
+        self.controller = train_lib.build_controller(self.context)
+        self.evaluator = train_lib.build_evaluator(self.context)
+
+    def train_until(self, step: int) -> None:
+        self.controller.train(step)
+
+    def evaluate(self, evaluator=None) -> dict:
+        """Evaluates the latest checkpoint (with `evaluator`, default the run's own)."""
+        latest = self.context.checkpointer.latest_checkpoint
+        return (evaluator or self.evaluator).evaluate(self.context.step, latest, export_best_from=latest)
+
+    def close(self) -> None:
+        self.controller.close()
+        self.context.close()
+
+
 def smoke_run_state(model_dir: str, train_config, strategy: tf.distribute.Strategy | None = None, eval_batch: int = 4):
-    """A `train_lib._Run` of the parsed (smoke) gin config, for tests that drive training and evaluation by hand."""
-    return train_lib._Run(
-        model_dir,
-        strategy or one_device_strategy(),
-        train_lib.synthetic_shapes(),
-        train_lib.DeepLabV3Plus,
-        train_config,
-        train_lib.EvalConfig(global_batch_size=eval_batch),
-        train_lib.InputPipeline(),
+    """A `SmokeRun` of the parsed (smoke) gin config, for tests that drive training and evaluation by hand."""
+    return SmokeRun(model_dir, train_config, strategy, eval_batch)
+
+
+def make_train_loop(
+    strategy,
+    model,
+    optimizer,
+    global_step,
+    ignore_label: int = 255,
+    l2_weight_decay: float = 0.0,
+    jit_compile: bool = False,
+    *,
+    loss=None,
+    gradient_accumulation_steps: int = 1,
+    ema=None,
+    summary_every: int = 0,
+):
+    """The host loop (`Trainer.loop`) of a Trainer of these parts; tests feed it their own iterators."""
+    options = StepOptions(ignore_label, l2_weight_decay, jit_compile, gradient_accumulation_steps)
+    trainer = Trainer(
+        strategy,
+        model,
+        optimizer,
+        loss or SegmentationLoss(),
+        global_step,
+        options,
+        ema=ema,
+        summary_every=summary_every,
     )
+    return trainer.loop
 
 
 def tiny_deeplab(num_classes: int = 3):

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import REPO_ROOT, mirrored_strategy
+from tests.helpers import REPO_ROOT, make_train_loop, mirrored_strategy
 from trainer.cluster import distribute
 from trainer.cluster.distribute import MirroredConfig, MultiWorkerConfig, Placement, StrategyName
 from trainer.common.errors import UserInputError
-from trainer.core import loop, optim
+from trainer.core import optim
 
 TWO_WORKERS = ["127.0.0.1:20001", "127.0.0.1:20002"]
 
@@ -235,7 +235,7 @@ def _train_two_steps(strategy: tf.distribute.Strategy) -> tuple[float, list[np.n
             context.get_per_replica_batch_size(4), drop_remainder=True
         )
     )
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, ignore_label=255, l2_weight_decay=1e-4)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, ignore_label=255, l2_weight_decay=1e-4)
     outputs = train_loop(iter(dataset), tf.constant(2))
     return float(outputs["loss"]), model.get_weights()
 

@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import mirrored_strategy, one_device_strategy
-from trainer.core import loop, losses, optim
+from tests.helpers import make_train_loop, mirrored_strategy, one_device_strategy
+from trainer.core import losses, optim
 from trainer.core.ema import ExponentialMovingAverage
 from trainer.models import DeepLabV3Plus, ResNet
 
@@ -84,7 +84,7 @@ def _train(strategy, initial_weights, options=PLAIN, accumulation=1):
         lambda context: _batches().batch(context.get_per_replica_batch_size(GLOBAL_BATCH), drop_remainder=True)
     )
     loop_options = {"l2_weight_decay": 1e-4, **options.get("loop", {})}
-    train_loop = loop.make_train_loop(
+    train_loop = make_train_loop(
         strategy,
         model,
         optimizer,

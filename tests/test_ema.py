@@ -1,15 +1,25 @@
 """The moving average of the weights: its arithmetic, the exact swap, the train loop, eval and checkpoints."""
 
+import dataclasses
+
 import gin
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, smoke_run_state, tiny_deeplab
+from tests.helpers import (
+    make_train_loop,
+    mirrored_strategy,
+    one_device_strategy,
+    parse_smoke_config,
+    smoke_run_state,
+    tiny_deeplab,
+)
+from trainer import train_lib
 from trainer.common.errors import UserInputError
 from trainer.core import ema as ema_lib
-from trainer.core import loop, optim
+from trainer.core import optim
 from trainer.core.config import TrainConfig
 
 
@@ -69,7 +79,7 @@ def test_train_loop_updates_the_average_of_every_weight_and_batch_norm_statistic
     images = rng.uniform(-1, 1, size=(8, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, 3, size=(8, 32, 32)).astype(np.int32)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4, drop_remainder=True)
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4, ema=ema)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4, ema=ema)
     # The averages start as copies of the weights; after two steps they trail the weights.
     history = [model.get_weights()]
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
@@ -103,14 +113,16 @@ def test_evaluation_uses_the_averaged_weights_and_checkpoints_keep_them(tmp_path
         state.train_until(3)
         with_average = state.evaluate()
         # The same evaluation with the averaged weights put in by hand, then with the raw weights.
-        ema, state.ema = state.ema, None
+        ema = state.context.state.ema
+        raw_weights = dataclasses.replace(state.context, state=dataclasses.replace(state.context.state, ema=None))
+        raw_evaluator = train_lib.build_evaluator(raw_weights)
         with ema.average_weights():
-            by_hand = state.evaluate()
-        raw = state.evaluate()
+            by_hand = state.evaluate(raw_evaluator)
+        raw = state.evaluate(raw_evaluator)
     finally:
-        state.writers.close()
+        state.close()
     assert with_average["miou"] == by_hand["miou"]
     assert with_average["pixel_accuracy"] != raw["pixel_accuracy"]
-    reader = tf.train.load_checkpoint(state.checkpointer.latest_checkpoint)
+    reader = tf.train.load_checkpoint(state.context.checkpointer.latest_checkpoint)
     saved = [name for name in reader.get_variable_to_shape_map() if name.startswith("ema/averages/")]
     assert len(saved) == len(ema.averages)

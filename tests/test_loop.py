@@ -6,9 +6,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import one_device_strategy, scalar_events, tiny_deeplab
+from tests.helpers import make_train_loop, one_device_strategy, scalar_events, tiny_deeplab
 from trainer.common.errors import UserInputError
-from trainer.core import loop, losses, optim
+from trainer.core import losses, optim
+from trainer.core.config import TrainConfig
 
 NUM_CLASSES = 3
 SIZE = 32
@@ -62,7 +63,7 @@ def test_accumulating_four_micro_batches_of_two_equals_one_batch_of_eight():
     for accumulation in (1, 4):
         model, optimizer, global_step = _build(strategy, initial)
         initial = initial or model.get_weights()
-        train_loop = loop.make_train_loop(
+        train_loop = make_train_loop(
             strategy,
             model,
             optimizer,
@@ -87,14 +88,14 @@ def test_accumulating_four_micro_batches_of_two_equals_one_batch_of_eight():
 def test_accumulation_steps_must_divide_the_per_replica_batch():
     strategy = one_device_strategy()
     model, optimizer, global_step = _build(strategy)
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 0.0, gradient_accumulation_steps=3)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, 255, 0.0, gradient_accumulation_steps=3)
     images, labels = _examples(4)
     # Raised while tracing (autograph re-raises it as a StagingError carrying the message); train_lib checks the
     # same rule on the configuration before anything is traced.
     with pytest.raises(Exception, match=r"gradient_accumulation_steps: expected a divisor of the per-replica batch"):
         train_loop(_iterator(strategy, images, labels, batch=4), tf.constant(1))
     with pytest.raises(UserInputError, match="train.gradient_accumulation_steps: expected a positive integer"):
-        loop.make_train_loop(strategy, model, optimizer, global_step, 255, 0.0, gradient_accumulation_steps=0)
+        TrainConfig(gradient_accumulation_steps=0)
 
 
 def test_nan_in_the_input_stops_the_loop_at_that_step():
@@ -102,7 +103,7 @@ def test_nan_in_the_input_stops_the_loop_at_that_step():
     model, optimizer, global_step = _build(strategy)
     images, labels = _examples(10)
     images[5, 3, 3, 0] = np.nan  # batch index 2 (batches of 2): the third step
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)
     outputs = train_loop(_iterator(strategy, images, labels, batch=2), tf.constant(5))
     assert not bool(outputs["all_finite"])
     assert int(outputs["nonfinite_step"]) == 3 == int(outputs["steps"]) == int(global_step.numpy())
@@ -129,7 +130,7 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_caught():
         optimizer = optim.build_optimizer(optim.OptimizerConfig(), total_steps=10)
         global_step = tf.Variable(0, dtype=tf.int64)
     images, labels = _examples(4)
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 0.0)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, 255, 0.0)
     outputs = train_loop(_iterator(strategy, images, labels, batch=2), tf.constant(2))
     assert np.isfinite(float(outputs["loss"])) and not np.isfinite(float(outputs["gradient_norm"]))
     assert not bool(outputs["all_finite"]) and int(outputs["nonfinite_step"]) == 1
@@ -139,7 +140,7 @@ def test_loop_returns_float_scalars_and_records_per_step_summaries(tmp_path):
     strategy = one_device_strategy()
     model, optimizer, global_step = _build(strategy)
     images, labels = _examples(12)
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4, summary_every=2)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4, summary_every=2)
     writer = tf.summary.create_file_writer(str(tmp_path))
     with writer.as_default():
         outputs = train_loop(_iterator(strategy, images, labels, batch=2), tf.constant(5))
@@ -171,4 +172,4 @@ def test_l2_weight_decay_with_adamw_is_refused():
     strategy = one_device_strategy()
     model, optimizer, global_step = _build(strategy, algorithm="adamw")
     with pytest.raises(UserInputError, match="train.l2_weight_decay: expected 0 with optimizer.algorithm = 'adamw'"):
-        loop.make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)
+        make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import one_device_strategy
-from trainer.core import loop, optim
+from tests.helpers import make_train_loop, one_device_strategy
+from trainer.core import optim
 from trainer.models import DeepLabV3Plus, MobileNetV2, ResNet, Xception65
 
 BACKBONES = {
@@ -49,7 +49,7 @@ def test_train_step_compiles_with_xla_under_mixed_bfloat16(backbone, mixed_bfloa
     compiled = tf.function(lambda x: model(x, training=True), jit_compile=True)
     hlo = compiled.experimental_get_compiler_ir(tf.zeros([2, 32, 32, 3]))(stage="hlo")
     assert "HloModule" in hlo and "bf16" in hlo
-    train_loop = loop.make_train_loop(
+    train_loop = make_train_loop(
         strategy, model, optimizer, global_step, ignore_label=255, l2_weight_decay=1e-4, jit_compile=True
     )
     dataset = strategy.experimental_distribute_dataset(_batches())
@@ -70,7 +70,7 @@ def test_xla_step_matches_the_plain_step_in_float32():
             model(tf.zeros([1, 64, 64, 3]))
             optimizer = optim.build_optimizer(optim.OptimizerConfig(learning_rate=0.01), total_steps=10)
             global_step = tf.Variable(0, dtype=tf.int64)
-        train_loop = loop.make_train_loop(
+        train_loop = make_train_loop(
             strategy, model, optimizer, global_step, ignore_label=255, l2_weight_decay=1e-4, jit_compile=jit_compile
         )
         # One step at 64 px: batch norm over tiny maps amplifies float reordering differences step after step.

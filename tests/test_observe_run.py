@@ -14,6 +14,9 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from tests.helpers import mirrored_strategy, parse_smoke_config, scalar_events, text_tags
 from trainer import train_lib
+from trainer.core.config import Mode
+from trainer.data.synthetic import synthetic_shapes
+from trainer.models import DeepLabV3Plus
 from trainer.observe import visualize
 
 pytestmark = pytest.mark.slow
@@ -108,19 +111,12 @@ def test_eval_panel_prediction_is_the_models_argmax(finished_run):
     parse_smoke_config(os.path.join(os.path.dirname(model_dir), "data"))
     try:
         strategy = mirrored_strategy()
-        state = train_lib._Run(
-            model_dir,
-            strategy,
-            train_lib.synthetic_shapes(),
-            train_lib.DeepLabV3Plus,
-            train_lib.TrainConfig(),
-            train_lib.EvalConfig(),
-            train_lib.InputPipeline(),
-        )
+        config = train_lib.configure(strategy)
+        state = train_lib.build_context(Mode.EVAL, model_dir, strategy, synthetic_shapes(), DeepLabV3Plus, config)
         state.checkpointer.restore_latest()
-        images, labels = visualize.fixed_eval_examples(state.input_pipeline, state.info, 1)
-        predicted = visualize.predict_classes(state.model, images)
-        state.writers.close()
+        images, labels = visualize.fixed_eval_examples(config.input_pipeline, state.info, 1)
+        predicted = visualize.predict_classes(state.state.model, images)
+        state.close()
     finally:
         gin.clear_config()
     expected = visualize.colorize(predicted, visualize.dataset_palette(state.info), state.info.ignore_label)[0]

@@ -8,9 +8,16 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events, smoke_run_state, tiny_deeplab
+from tests.helpers import (
+    make_train_loop,
+    one_device_strategy,
+    parse_smoke_config,
+    scalar_events,
+    smoke_run_state,
+    tiny_deeplab,
+)
 from trainer.common.errors import UserInputError
-from trainer.core import loop, optim, precision
+from trainer.core import optim, precision
 from trainer.core.config import TrainConfig
 
 
@@ -57,7 +64,7 @@ def test_mixed_float16_trains_with_a_dynamic_loss_scale_and_skips_overflowing_st
     images = rng.uniform(-1, 1, size=(4, 32, 32, 3)).astype(np.float32)
     labels = rng.integers(0, 3, size=(4, 32, 32)).astype(np.int32)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
-    train_loop = loop.make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)
+    train_loop = make_train_loop(strategy, model, optimizer, global_step, 255, 1e-4)
     before = model.get_weights()
     outputs = train_loop(iter(strategy.experimental_distribute_dataset(dataset)), tf.constant(30))
     assert bool(outputs["all_finite"]) and int(outputs["steps"]) == 30
@@ -82,10 +89,10 @@ def test_train_lib_builds_the_model_under_the_configured_precision(tmp_path, pol
     )
     state = smoke_run_state(model_dir, train_config)
     try:
-        assert state.model.backbone.compute_dtype == compute_dtype
+        assert state.context.state.model.backbone.compute_dtype == compute_dtype
         state.train_until(3)
     finally:
-        state.writers.close()
+        state.close()
     events = scalar_events(os.path.join(model_dir, "train"))
     assert np.isfinite(events["loss"][-1][1])
     assert ("loss_scale" in events) == (policy == "mixed_float16")

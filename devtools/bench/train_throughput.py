@@ -2,8 +2,8 @@
 
   python -m devtools.bench train --config=configs/bench_resnet50_os16.gin --crop=128 --crop=256 --crop=513
 
-For each square crop it builds the configured model, optimizer, loss, precision and XLA setting exactly as
-`train_lib` does, feeds the trainer's own train loop (`loop.make_train_loop`) one fixed random batch from memory
+For each square crop it builds the configured model, optimizer, loss, precision and XLA setting with the
+objects `run()` uses (`build_model_state`, `Trainer`), feeds the trainer one fixed random batch from memory
 (the input pipeline is not measured), and reports:
 
 - examples/sec: global batch / the median step time over `--timed_steps` steps (≥ 20) after `--warmup_steps`;
@@ -37,12 +37,14 @@ import tf_keras as keras
 
 from trainer import train_lib
 from trainer.cluster import distribute
-from trainer.common.errors import UserInputError
-from trainer.core import loop, losses, optim, precision
-from trainer.core.config import TrainConfig, parse_gin
-from trainer.core.ema import ExponentialMovingAverage
+from trainer.core import precision
+from trainer.core.config import parse_gin
+from trainer.core.model_state import build_model_state
+from trainer.core.train_step import StepOptions
+from trainer.core.trainer import Trainer
 from trainer.observe.flops import forward_flops_per_image
 from trainer.observe.peak import Peak, matmul_chain_peak
+from trainer.run_config import RunConfig
 from trainer.tools.model_stats import build_configured_model
 
 # Issue #5's bar for a stable median; fewer are accepted (e.g. at 513x513 on a CPU) and flagged in the report.
@@ -138,90 +140,90 @@ def _accelerator_peak_mib() -> float | None:
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
+def _build_trainer(
+    crop: int, strategy: tf.distribute.Strategy, config: RunConfig, num_classes: int
+) -> tuple[Trainer, tuple[np.ndarray, np.ndarray]]:
+    """The trainer `run()` would build for `crop`×`crop` inputs, fed one fixed random batch from memory."""
+    train_config = config.train
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(train_config.seed)
+    state = build_model_state(
+        strategy, lambda: build_configured_model(num_classes), (crop, crop), train_config, config.optimizer
+    )
+    rng = np.random.default_rng(0)
+    per_replica = train_config.global_batch_size // strategy.num_replicas_in_sync
+    images = rng.uniform(-1.0, 1.0, size=(per_replica, crop, crop, 3)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=(per_replica, crop, crop)).astype(np.int32)
+    dataset = strategy.distribute_datasets_from_function(
+        lambda context: tf.data.Dataset.from_tensors((images, labels)).repeat()
+    )
+    options = StepOptions(
+        ignore_label=255,
+        l2_weight_decay=train_config.l2_weight_decay,
+        jit_compile=train_config.jit_compile,
+        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+    )
+    trainer = Trainer(
+        strategy,
+        state.model,
+        state.optimizer,
+        config.loss,
+        state.global_step,
+        options,
+        ema=state.ema,
+        batches=lambda: iter(dataset),
+    )
+    return trainer, (images, labels)
+
+
+def _time_interleaved(trainer: Trainer, bare, warmup_steps: int, timed_steps: int) -> tuple[float, list, list, dict]:
+    """First-step seconds, then the trainer's and the bare step's times, interleaved, and the last outputs."""
+    started = time.perf_counter()
+    outputs = trainer.train(1)
+    first_step_seconds = time.perf_counter() - started
+    bare()
+    for _ in range(warmup_steps):
+        trainer.train(1)
+        bare()
+    trainer_seconds, bare_seconds = [], []
+    # Interleaved, so a slow phase of a shared machine hits both and the ratio stays meaningful.
+    for _ in range(timed_steps):
+        started = time.perf_counter()
+        outputs = trainer.train(1)
+        trainer_seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        bare()
+        bare_seconds.append(time.perf_counter() - started)
+    return first_step_seconds, trainer_seconds, bare_seconds, outputs
+
+
 def benchmark_crop(
     crop: int,
     strategy: tf.distribute.Strategy,
-    train_config: TrainConfig,
+    config: RunConfig,
     num_classes: int,
     peak: Peak,
     timed_steps: int,
     warmup_steps: int,
 ) -> CropResult:
     """Builds the configured trainer for `crop`×`crop` inputs, times it and the bare step; see the module doc."""
-    global_batch = train_config.global_batch_size
-    replicas = strategy.num_replicas_in_sync
-    if global_batch % (replicas * train_config.gradient_accumulation_steps):
-        raise UserInputError(
-            f"gin binding train.global_batch_size: expected a multiple of the replicas ({replicas}) × "
-            f"train.gradient_accumulation_steps ({train_config.gradient_accumulation_steps}), received {global_batch}."
-        )
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(train_config.seed)
-    # The same construction as train_lib._Run: policy while the layers are built, then optimizer and EMA.
-    with strategy.scope(), precision.policy_scope(train_config.precision):
-        model = build_configured_model(num_classes)
-        model(tf.zeros([1, crop, crop, 3]), training=False)
-        optimizer = precision.wrap_optimizer(
-            optim.build_optimizer(total_steps=train_config.steps, model=model), train_config.precision
-        )
-        global_step = tf.Variable(
-            0, dtype=tf.int64, trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
-        )
-        ema = None
-        if train_config.ema_decay is not None:
-            ema = ExponentialMovingAverage(model.variables, train_config.ema_decay)
+    train_config = config.train
+    global_batch, replicas = train_config.global_batch_size, strategy.num_replicas_in_sync
+    trainer, (images, labels) = _build_trainer(crop, strategy, config, num_classes)
+    model = trainer.model
     flops = forward_flops_per_image(model, crop, crop)
-
-    rng = np.random.default_rng(0)
-    per_replica = global_batch // replicas
-    images = rng.uniform(-1.0, 1.0, size=(per_replica, crop, crop, 3)).astype(np.float32)
-    labels = rng.integers(0, num_classes, size=(per_replica, crop, crop)).astype(np.int32)
-    dataset = strategy.distribute_datasets_from_function(
-        lambda context: tf.data.Dataset.from_tensors((images, labels)).repeat()
+    bare_step, bare_batch = _bare_train_step(
+        strategy, model, trainer.optimizer, train_config.jit_compile, images, labels
     )
-    iterator = iter(dataset)
-    train_loop = loop.make_train_loop(
-        strategy,
-        model,
-        optimizer,
-        global_step,
-        ignore_label=255,
-        l2_weight_decay=train_config.l2_weight_decay,
-        jit_compile=train_config.jit_compile,
-        loss=losses.SegmentationLoss(),
-        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
-        ema=ema,
-    )
-    one_step = tf.constant(1, tf.int32)
-
-    def trainer_step() -> dict:
-        # As train_lib.train_until: one call of the host loop, its outputs fetched to the host.
-        return {name: value.numpy() for name, value in train_loop(iterator, one_step).items()}
-
-    bare_step, bare_batch = _bare_train_step(strategy, model, optimizer, train_config.jit_compile, images, labels)
 
     def bare() -> None:
         strategy.experimental_local_results(bare_step(bare_batch))[0].numpy()
 
-    started = time.perf_counter()
-    outputs = trainer_step()
-    first_step_seconds = time.perf_counter() - started
-    bare()
-    for _ in range(warmup_steps):
-        trainer_step()
-        bare()
-    trainer_seconds, bare_seconds = [], []
-    # Interleaved, so a slow phase of a shared machine hits both and the ratio stays meaningful.
-    for _ in range(timed_steps):
-        started = time.perf_counter()
-        outputs = trainer_step()
-        trainer_seconds.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        bare()
-        bare_seconds.append(time.perf_counter() - started)
+    first_step_seconds, trainer_seconds, bare_seconds, outputs = _time_interleaved(
+        trainer, bare, warmup_steps, timed_steps
+    )
     if not outputs["all_finite"]:
         raise FloatingPointError(f"crop {crop}: the training loss became NaN or Inf during the benchmark.")
-
     step_seconds = statistics.median(trainer_seconds)
     bare_step_seconds = statistics.median(bare_seconds)
     examples_per_second = global_batch / step_seconds
@@ -330,8 +332,8 @@ def main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     parse_gin(args.config, args.gin_bindings)
     strategy = distribute.create_strategy(args.strategy)
-    train_config = train_lib.with_strategy_defaults(TrainConfig(), strategy)
-    run_precision = precision.parse(train_config.precision)
+    config = train_lib.configure(strategy)
+    run_precision = precision.parse(config.train.precision)
 
     peaks = {}
     for dtype in dict.fromkeys([tf.float32, tf.bfloat16, _PEAK_DTYPES[run_precision]]):
@@ -341,9 +343,7 @@ def main(argv: Sequence[str]) -> int:
     results = []
     for crop in args.crop:
         results.append(
-            benchmark_crop(
-                crop, strategy, train_config, args.num_classes, run_peak, args.timed_steps, args.warmup_steps
-            )
+            benchmark_crop(crop, strategy, config, args.num_classes, run_peak, args.timed_steps, args.warmup_steps)
         )
     setting = (
         f"{args.num_classes} classes; {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "

@@ -21,7 +21,7 @@ from absl import logging
 
 from trainer.cluster.distribute import TaskInfo
 from trainer.common.errors import UserInputError
-from trainer.core import loop, metrics
+from trainer.core import eval_loop, metrics
 from trainer.core.config import EvalConfig
 from trainer.core.inference import InferenceConfig
 from trainer.data.info import DatasetInfo
@@ -155,15 +155,10 @@ class Evaluator:
         model_dir: str,
         task: TaskInfo,
         writer: tf.summary.SummaryWriter,
-        inference_config: InferenceConfig | None = None,
+        inference_config: InferenceConfig,
         weights_context: Callable[[], contextlib.AbstractContextManager] | None = None,
+        eval_images: summaries.EvalImages | None = None,
     ):
-        if eval_config.best_metric not in metrics.SCALAR_METRICS:
-            valid = ", ".join(metrics.SCALAR_METRICS)
-            raise UserInputError(
-                f"gin binding evaluation.best_metric: expected one of {{{valid}}}, "
-                f"received {eval_config.best_metric!r}."
-            )
         self.strategy = strategy
         self.info = dataset_info
         self.input_pipeline = input_pipeline
@@ -171,11 +166,13 @@ class Evaluator:
         self.model_dir = model_dir
         self.task = task
         self.writer = writer
-        self.inference_config = (inference_config or InferenceConfig()).with_default_crop(input_pipeline.crop_size)
+        self.inference_config = inference_config.with_default_crop(input_pipeline.crop_size)
+        self._eval_images = eval_images
+        self._model = model
         self.best = BestCheckpoint(os.path.join(model_dir, BEST_SUBDIR), eval_config.best_metric)
         # Swaps the weights to evaluate in (e.g. the EMA averages) around every evaluation.
         self._weights_context = weights_context or contextlib.nullcontext
-        self._eval_loop = loop.make_eval_loop(
+        self._eval_loop = eval_loop.make_eval_loop(
             strategy, model, dataset_info.num_classes, dataset_info.ignore_label, self.inference_config
         )
 
@@ -202,6 +199,9 @@ class Evaluator:
           The report: every metric, per-class values keyed by class name (None where NaN), the absent
           classes, pixel and example counts, the inference settings and the confusion matrix.
         """
+        if self._eval_images is not None:
+            with self._weights_context():
+                self._eval_images.write(self.writer, self._model, step)
         started = time.perf_counter()
         matrix = self.confusion_matrix()
         results = metrics.segmentation_metrics(matrix)
