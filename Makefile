@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BENCH_CONFIG ?= configs/bench_resnet50_os16.gin
 BENCH_ARGS ?= --crop=128 --crop=256 --crop=513
 
-.PHONY: install demo test lint fmt bench bench-input clean
+.PHONY: install demo test test-fast lint fmt bench bench-input clean
 
 install: $(INSTALL_STAMP)
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+# The unit tests only (no end-to-end runs, no child processes): a few minutes.
+test-fast: install
+	$(PYTHON) -m pytest -q -m "not slow and not subprocess" $(PYTEST_ARGS)
 
 # Training throughput, MFU and trainer overhead of the reference config (minutes on a CPU; quiet machine wanted).
 bench: install

@@ -5,7 +5,6 @@ import re
 import subprocess
 import sys
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -15,13 +14,7 @@ from trainer import train_lib
 from trainer.common.errors import UserInputError
 from trainer.data import schema
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
+pytestmark = [pytest.mark.usefixtures("clear_gin"), pytest.mark.slow]
 
 
 def _image(height, width):

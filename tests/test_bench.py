@@ -16,12 +16,7 @@ from trainer.observe import flops as model_flops
 from trainer.observe import peak
 from trainer.tools.model_stats import build_configured_model
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clear_gin")
 
 
 def test_dilated_convolutions_count_as_undilated_and_matmuls_as_2mnk():

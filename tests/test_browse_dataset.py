@@ -3,7 +3,6 @@
 import importlib.util
 import os
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,13 +11,9 @@ from tests.helpers import REPO_ROOT, SMOKE_GIN
 from trainer.common.errors import UserInputError
 from trainer.observe import visualize
 
+pytestmark = pytest.mark.usefixtures("clear_gin")
+
 SMOKE_CROP = 48  # configs/smoke.gin
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
 
 
 def _load_script():

@@ -1,6 +1,5 @@
 """Config parsing: enums checked in one place, gin errors that name the binding and suggest a fix."""
 
-import gin
 import pytest
 
 from trainer import train_lib  # noqa: F401  (registers every configurable)
@@ -8,11 +7,7 @@ from trainer.cluster.distribute import StrategyName
 from trainer.common.errors import UserInputError
 from trainer.core.config import Mode, TrainConfig, parse_gin
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clear_gin")
 
 
 def test_enums_parse_values_and_reject_others_naming_the_flag():

@@ -1,6 +1,5 @@
 """The recipe configs parse, build the published architectures, and pin their parameter counts (21 classes)."""
 
-import gin
 import pytest
 import tensorflow as tf
 
@@ -9,19 +8,14 @@ from trainer.core.config import parse_gin
 from trainer.models import DeepLabV3, DeepLabV3Plus, MobileNetV2, ResNet, Xception65
 from trainer.tools.model_stats import build_configured_model
 
+pytestmark = pytest.mark.usefixtures("clear_gin")
+
 # Measured once with build_configured_model(21) on a 65x65 input; a change here is an architecture change.
 RECIPES = {
     "pascal_voc_resnet101_os16.gin": (DeepLabV3Plus, ResNet, 59_506_517),
     "pascal_voc_xception65_os16.gin": (DeepLabV3Plus, Xception65, 41_258_213),
     "mobilenetv2_os16.gin": (DeepLabV3, MobileNetV2, 2_604_565),
 }
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))

@@ -5,13 +5,12 @@ import os
 import subprocess
 import sys
 
-import gin
 import pytest
 
 from tests.helpers import REPO_ROOT, one_device_strategy, parse_smoke_config, scalar_events
 from trainer import train_lib
 
-pytestmark = [pytest.mark.slow, pytest.mark.subprocess]
+pytestmark = [pytest.mark.usefixtures("clear_gin"), pytest.mark.slow, pytest.mark.subprocess]
 
 EVALUATOR_BINDINGS = ("evaluation.continuous_timeout_secs = 240", "evaluation.best_metric = 'pixel_accuracy'")
 
@@ -34,12 +33,6 @@ while not os.path.exists(report):
 parse_smoke_config(data_dir, "train.steps = 6")
 train_lib.run("train", model_dir, strategy="one_device")
 """
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
 
 
 def test_continuous_eval_evaluates_each_checkpoint_once_and_stops_after_the_last(tmp_path):

@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -22,12 +21,7 @@ from trainer.core import ema as ema_lib
 from trainer.core import optim
 from trainer.core.config import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clear_gin")
 
 
 def test_update_follows_the_warmed_up_decay_and_the_swap_is_exact():

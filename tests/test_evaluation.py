@@ -3,7 +3,6 @@
 import json
 import os
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,6 +19,8 @@ from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.models import DeepLabV3Plus, ResNet
 
+pytestmark = pytest.mark.usefixtures("clear_gin")
+
 NUM_EVAL_EXAMPLES = 5  # not a multiple of the global batch: the last batch is padded
 GLOBAL_BATCH = 4
 EVAL_SIZE = (56, 64)  # larger than the 48x48 images: every example is padded with ignore-labelled pixels
@@ -35,13 +36,6 @@ def dataset_info(tmp_path_factory):
         num_eval_examples=NUM_EVAL_EXAMPLES,
         num_shards=1,
     )
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _model(num_classes):

@@ -1,6 +1,5 @@
 """Initialising a fresh model from local files, wired into run()."""
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,11 +10,7 @@ from trainer.common.errors import UserInputError
 from trainer.core.initialization import InitConfig, initialize_model
 from trainer.models import DeepLabV3Plus, ResNet
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clear_gin")
 
 
 def _tiny(num_classes):

@@ -11,15 +11,10 @@ from trainer.common.errors import UserInputError
 from trainer.core import losses, optim
 from trainer.core.config import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("clear_gin")
+
 NUM_CLASSES = 3
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _examples(count, seed=0):

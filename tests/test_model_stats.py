@@ -1,6 +1,5 @@
 """The model statistics tool: parameters and FLOPs per image."""
 
-import gin
 import pytest
 import tf_keras as keras
 
@@ -8,12 +7,7 @@ from trainer.core.config import parse_gin
 from trainer.models import DeepLabV3
 from trainer.tools.model_stats import build_configured_model, model_statistics
 
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
+pytestmark = pytest.mark.usefixtures("clear_gin")
 
 
 def test_flops_of_a_single_convolution_are_two_per_multiply_add():

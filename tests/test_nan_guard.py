@@ -2,7 +2,6 @@
 
 import dataclasses
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,7 +11,7 @@ from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events
 from trainer import train_lib
 from trainer.models import DeepLabV3Plus
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.usefixtures("clear_gin"), pytest.mark.slow]
 
 NAN_AT_TRAINING_CALL = 4  # the 4th training forward pass, i.e. global step 4
 
@@ -38,12 +37,6 @@ class NaNOnce(keras.Model):
             return logits
         calls = self.counter.calls.assign_add(1)
         return tf.where(tf.equal(calls, NAN_AT_TRAINING_CALL), np.nan, logits)
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
 
 
 def test_nan_raises_and_names_the_step(tmp_path):

@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,15 +16,10 @@ from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.models import DeepLabV3Plus
 from trainer.serving import predict
 
+pytestmark = pytest.mark.usefixtures("clear_gin")
+
 NUM_CLASSES = 4
 IMAGE_SIZES = {"first.png": (20, 28), "second.jpg": (33, 17)}
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def _write_images(directory, sizes=IMAGE_SIZES):

@@ -4,7 +4,6 @@ import glob
 import os
 import shutil
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,17 +11,11 @@ import tensorflow as tf
 from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.usefixtures("clear_gin"), pytest.mark.slow]
 
 # Dropout draws from the global random state, which a resumed run re-seeds rather than restores: without it,
 # the batches are the only thing that could make the two runs differ.
 NO_DROPOUT = ("DeepLabV3Plus.aspp_dropout_rate = 0.0",)
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
 
 
 def _weights(model_dir: str) -> dict[str, np.ndarray]:

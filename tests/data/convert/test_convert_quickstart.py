@@ -10,7 +10,7 @@ from tests.helpers import REPO_ROOT, one_device_strategy
 from trainer import train_lib
 from trainer.data.convert import voc, writer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.usefixtures("clear_gin"), pytest.mark.slow]
 
 # Only the length of the run and the width of the model change; the dataset is the converted VOC tree.
 TINY_RUN = (
@@ -26,12 +26,6 @@ TINY_RUN = (
     "DeepLabV3Plus.low_level_filters = 4",
     "DeepLabV3Plus.decoder_filters = 8",
 )
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
 
 
 def test_quickstart_config_trains_and_evaluates_on_converted_voc(fake_voc, tmp_path):
