@@ -8,6 +8,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from trainer import train_lib  # also registers every gin configurable the smoke config binds
+from trainer.observe.config import ObserveConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_GIN = os.path.join(REPO_ROOT, "configs", "smoke.gin")
@@ -68,6 +69,7 @@ def smoke_run_state(model_dir: str, train_config, strategy: tf.distribute.Strate
         train_config,
         train_lib.EvalConfig(global_batch_size=eval_batch),
         train_lib.InputPipeline(),
+        ObserveConfig(),
     )
 
 

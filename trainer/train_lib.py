@@ -28,6 +28,10 @@ from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
 from trainer.models import DeepLabV3Plus
 from trainer.observe import manifest, progress, summaries
+from trainer.observe.config import ObserveConfig
+from trainer.observe.eval_images import EvalImages
+from trainer.observe.monitor import TrainMonitor
+from trainer.observe.profiler import ProfileWindow, parse_profile_steps
 from trainer.serving import exporter
 from trainer.storage.checkpoints import Checkpointer
 
@@ -66,6 +70,7 @@ class _Run:
         train_config: TrainConfig,
         eval_config: EvalConfig,
         input_pipeline: InputPipeline,
+        observe_config: ObserveConfig,
         mode: Mode = Mode.TRAIN_AND_EVAL,
         profile_steps: tuple[int, int] | None = None,
     ):
@@ -155,12 +160,12 @@ class _Run:
         self._train_iterator = None
         self._wrote_operative_config = False
         self.preemption: PreemptionWatcher | None = None
-        self.monitor = summaries.TrainMonitor(
-            strategy, self.model, self.optimizer, train_config.global_batch_size, input_pipeline.crop_size
+        self.monitor = TrainMonitor(
+            strategy, self.model, train_config.global_batch_size, input_pipeline.crop_size, observe_config
         )
         self.progress = progress.Progress(train_config.steps, self.task.is_chief)
-        self.profiler = summaries.ProfileWindow(profile_steps, self.writers.train_dir, self.task.is_chief)
-        self.eval_images = summaries.EvalImages(input_pipeline, dataset_info)
+        self.profiler = ProfileWindow(profile_steps, self.writers.train_dir, self.task.is_chief)
+        self.eval_images = EvalImages(input_pipeline, dataset_info, observe_config)
         self._nan_recoveries = 0
 
     @property
@@ -333,7 +338,7 @@ def run(
         raise UserInputError(
             f"--checkpoint={checkpoint}: expected only with --mode=eval, received --mode={mode.value}."
         )
-    profile_window = summaries.parse_profile_steps(profile_steps)
+    profile_window = parse_profile_steps(profile_steps)
     if not model_dir:
         raise UserInputError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
@@ -342,11 +347,23 @@ def run(
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()
     export_config = export_config or exporter.ExportConfig()
+    observe_config = ObserveConfig()
     keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:
         tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
-    state = _Run(model_dir, strategy, dataset(), model, train_config, eval_config, input_pipeline, mode, profile_window)
+    state = _Run(
+        model_dir,
+        strategy,
+        dataset(),
+        model,
+        train_config,
+        eval_config,
+        input_pipeline,
+        observe_config,
+        mode,
+        profile_window,
+    )
     try:
         if mode is not Mode.CONTINUOUS_EVAL:  # an evaluator beside a training job writes only eval/ and best/
             manifest.write_run_manifest(mode, model_dir, strategy, state.task, state.writers.train, state.step)
