@@ -60,7 +60,7 @@ def matmul_chain_peak(
         raise ValueError(f"matmul_chain_peak: expected size, chain, repeats >= 1, received {size}, {chain}, {repeats}.")
     strategy = strategy or tf.distribute.get_strategy()
     # Each replica makes its own operands on its device, once, outside the timed calls.
-    operands = tf.function(lambda: strategy.run(_operands, args=(dtype, size)))()
+    operands = tf.function(lambda: strategy.run(lambda: _operands(dtype, size)))()
 
     def replica_chain(pair: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
         x, w = pair
