@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tests.helpers import REPO_ROOT, SMOKE_GIN
 from trainer.common.errors import UserInputError
+from trainer.common.images import IGNORE_COLOR, voc_palette
 from trainer.observe import visualize
 
 pytestmark = pytest.mark.usefixtures("clear_gin")
@@ -39,8 +40,8 @@ def test_writes_a_png_grid_of_the_expected_size(tmp_path):
         3,
     )
     # Each mask panel uses only palette colours (classes 0-4) and the ignore colour.
-    palette = visualize.voc_palette()
-    allowed = {tuple(palette[i]) for i in range(5)} | {visualize.IGNORE_COLOR}
+    palette = voc_palette()
+    allowed = {tuple(palette[i]) for i in range(5)} | {IGNORE_COLOR}
     mask = png[:SMOKE_CROP, SMOKE_CROP + visualize.PANEL_GAP : 2 * SMOKE_CROP + visualize.PANEL_GAP]
     assert {tuple(color) for color in mask.reshape(-1, 3)} <= allowed
     # The empty sixth cell is white.

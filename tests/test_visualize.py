@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from trainer.common.errors import UserInputError
+from trainer.common.images import IGNORE_COLOR, colorize, overlay, to_uint8, voc_palette
 from trainer.data.info import DatasetInfo
 from trainer.observe import visualize
 
@@ -23,7 +24,7 @@ INFO = DatasetInfo(
 
 
 def test_voc_palette_matches_pascal_vocs_label_colours():
-    palette = visualize.voc_palette()
+    palette = voc_palette()
     assert palette.shape == (256, 3) and palette.dtype == np.uint8
     # From VOC's devkit (VOClabelcolormap): background, aeroplane, bicycle, bird, ..., person (15), void (255).
     assert palette[0].tolist() == [0, 0, 0]
@@ -31,7 +32,7 @@ def test_voc_palette_matches_pascal_vocs_label_colours():
     assert palette[2].tolist() == [0, 128, 0]
     assert palette[3].tolist() == [128, 128, 0]
     assert palette[15].tolist() == [192, 128, 128]
-    assert palette[255].tolist() == list(visualize.IGNORE_COLOR)
+    assert palette[255].tolist() == list(IGNORE_COLOR)
     assert len({tuple(color) for color in palette}) == 256
 
 
@@ -42,7 +43,7 @@ def test_dataset_palette_comes_first_and_voc_fills_the_rest():
     assert palette[0].tolist() == [10, 20, 30] and palette[1].tolist() == [40, 50, 60]
     assert palette[2].tolist() == [0, 128, 0]
     # A DatasetInfo without the attribute (or with None) gets VOC's palette.
-    np.testing.assert_array_equal(visualize.dataset_palette(INFO), visualize.voc_palette())
+    np.testing.assert_array_equal(visualize.dataset_palette(INFO), voc_palette())
 
 
 def test_a_malformed_dataset_palette_is_a_config_error():
@@ -53,17 +54,17 @@ def test_a_malformed_dataset_palette_is_a_config_error():
 
 
 def test_colorize_paints_ignored_pixels_with_the_void_colour_whatever_the_ignore_label():
-    palette = visualize.voc_palette()
+    palette = voc_palette()
     labels = np.array([[0, 1], [2, -1]])
-    colors = visualize.colorize(labels, palette, ignore_label=-1)
+    colors = colorize(labels, palette, ignore_label=-1)
     assert colors.dtype == np.uint8 and colors.shape == (2, 2, 3)
     assert colors[0, 1].tolist() == [128, 0, 0]
-    assert colors[1, 1].tolist() == list(visualize.IGNORE_COLOR)
+    assert colors[1, 1].tolist() == list(IGNORE_COLOR)
 
 
 def test_image_to_uint8_inverts_the_input_scaling():
     pixels = np.array([0, 1, 127, 128, 255], np.uint8)
-    np.testing.assert_array_equal(visualize.image_to_uint8(pixels / 127.5 - 1.0), pixels)
+    np.testing.assert_array_equal(to_uint8(pixels / 127.5 - 1.0), pixels)
 
 
 def test_eval_panels_put_four_panels_side_by_side():
@@ -75,12 +76,12 @@ def test_eval_panels_put_four_panels_side_by_side():
     panels = visualize.eval_panels(images, labels, predictions, INFO)
     assert panels.shape == (2, 8, 4 * 6 + 3 * visualize.PANEL_GAP, 3)
     step = 6 + visualize.PANEL_GAP
-    palette = visualize.voc_palette()
-    np.testing.assert_array_equal(panels[1, :, :6], visualize.image_to_uint8(images[1]))
-    np.testing.assert_array_equal(panels[1, :, step : step + 6], visualize.colorize(labels[1], palette, 255))
-    prediction_colors = visualize.colorize(predictions[1], palette, 255)
+    palette = voc_palette()
+    np.testing.assert_array_equal(panels[1, :, :6], to_uint8(images[1]))
+    np.testing.assert_array_equal(panels[1, :, step : step + 6], colorize(labels[1], palette, 255))
+    prediction_colors = colorize(predictions[1], palette, 255)
     np.testing.assert_array_equal(panels[1, :, 2 * step : 2 * step + 6], prediction_colors)
-    expected_overlay = visualize.overlay(visualize.image_to_uint8(images[1]), prediction_colors)
+    expected_overlay = overlay(to_uint8(images[1]), prediction_colors)
     np.testing.assert_array_equal(panels[1, :, 3 * step :], expected_overlay)
 
 

@@ -12,7 +12,7 @@ from trainer.core.initialization import InitConfig
 from trainer.core.losses import SegmentationLoss
 from trainer.core.optim import OptimizerConfig
 from trainer.data.pipeline import InputPipeline
-from trainer.observe.summaries import ObserveConfig
+from trainer.observe.config import ObserveConfig
 from trainer.serving.exporter import ExportConfig
 
 

@@ -30,6 +30,9 @@ from trainer.data.synthetic import synthetic_shapes
 from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the gin configurable)
 from trainer.models import DeepLabV3Plus
 from trainer.observe import manifest, summaries
+from trainer.observe.eval_images import EvalImages
+from trainer.observe.monitor import TrainMonitor
+from trainer.observe.profiler import ProfileWindow, parse_profile_steps
 from trainer.observe.progress import Progress
 from trainer.run_config import RunConfig
 from trainer.serving import exporter
@@ -95,7 +98,7 @@ def build_context(
     return RunContext(mode, model_dir, strategy, task, info, config, state, writers, checkpointer)
 
 
-def build_trainer(context: RunContext, monitor: summaries.TrainMonitor | None = None) -> Trainer:
+def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> Trainer:
     """The Trainer of `context`'s model, fed from the training split (timed by `monitor` when given)."""
     train, pipeline, state = context.config.train, context.config.input_pipeline, context.state
 
@@ -130,16 +133,15 @@ def build_trainer(context: RunContext, monitor: summaries.TrainMonitor | None = 
 def build_controller(context: RunContext, profile_steps: tuple[int, int] | None = None) -> Controller:
     """The Trainer and the Controller around it, with the actions every training run takes."""
     config, state, writers = context.config, context.state, context.writers
-    monitor = summaries.TrainMonitor(
+    monitor = TrainMonitor(
         context.strategy,
         state.model,
-        state.optimizer,
         config.train.global_batch_size,
         config.input_pipeline.crop_size,
         config.observe,
     )
     actions = [
-        loop_actions.ProfileAction(summaries.ProfileWindow(profile_steps, writers.train_dir, context.task.is_chief)),
+        loop_actions.ProfileAction(ProfileWindow(profile_steps, writers.train_dir, context.task.is_chief)),
         loop_actions.ThroughputAction(monitor),
         loop_actions.SummaryAction(writers.train),
         loop_actions.ProgressAction(Progress(config.train.steps, context.task.is_chief)),
@@ -175,7 +177,7 @@ def build_evaluator(context: RunContext) -> evaluation.Evaluator:
         context.writers.eval,
         config.inference,
         weights_context=context.state.averaged_weights,
-        eval_images=summaries.EvalImages(config.input_pipeline, context.info, config.observe),
+        eval_images=EvalImages(config.input_pipeline, context.info, config.observe),
     )
 
 
@@ -293,7 +295,7 @@ def run(
     """
     mode = Mode.parse(mode)
     _check_flags(mode, model_dir, checkpoint)
-    profile_window = summaries.parse_profile_steps(profile_steps)
+    profile_window = parse_profile_steps(profile_steps)
     if not isinstance(strategy, tf.distribute.Strategy):
         strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
     config = configure(

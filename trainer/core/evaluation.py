@@ -27,6 +27,7 @@ from trainer.core.inference import InferenceConfig
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.observe import summaries
+from trainer.observe.eval_images import EvalImages
 
 BEST_SUBDIR = "best"
 BEST_INFO_FILE = "info.json"
@@ -157,7 +158,7 @@ class Evaluator:
         writer: tf.summary.SummaryWriter,
         inference_config: InferenceConfig,
         weights_context: Callable[[], contextlib.AbstractContextManager] | None = None,
-        eval_images: summaries.EvalImages | None = None,
+        eval_images: EvalImages | None = None,
     ):
         self.strategy = strategy
         self.info = dataset_info

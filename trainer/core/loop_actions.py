@@ -9,6 +9,8 @@ from trainer.cluster.distribute import TaskInfo
 from trainer.common.files import write_atomically
 from trainer.core.controller import LoopResult
 from trainer.observe import summaries
+from trainer.observe.monitor import TrainMonitor
+from trainer.observe.profiler import ProfileWindow
 from trainer.observe.progress import Progress
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -30,7 +32,7 @@ class LoopActionBase:
 class ProfileAction(LoopActionBase):
     """Starts and stops the profiler trace around the host loops of its window."""
 
-    def __init__(self, window: summaries.ProfileWindow):
+    def __init__(self, window: ProfileWindow):
         self._window = window
 
     def before_loop(self, start_step: int, num_steps: int) -> None:
@@ -46,7 +48,7 @@ class ProfileAction(LoopActionBase):
 class ThroughputAction(LoopActionBase):
     """Adds the monitor's throughput, input wait, FLOP/s, MFU and memory scalars to each loop's."""
 
-    def __init__(self, monitor: summaries.TrainMonitor):
+    def __init__(self, monitor: TrainMonitor):
         self._monitor = monitor
 
     def after_loop(self, result: LoopResult) -> None:

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+# Forward + backward (gradients with respect to activations and to weights): the usual 3x of MFU accounting.
+TRAIN_FLOPS_PER_FORWARD_FLOP = 3.0
 _CONVOLUTIONS = ("Conv2D", "DepthwiseConv2dNative")
 _MATMULS = ("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3")
 

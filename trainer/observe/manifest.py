@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import flags
 
 from trainer.cluster.distribute import StrategyName, TaskInfo
+from trainer.common.files import write_json_atomically
 from trainer.core.config import Mode
 from trainer.observe import summaries
 
@@ -170,14 +171,6 @@ def _jsonable(value):
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     return str(value)
-
-
-def write_json_atomically(path: str, record: dict) -> None:
-    """Writes `record` as JSON through a temporary file and a rename, so readers never see half a file."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(json.dumps(record, indent=2, default=str) + "\n")
-    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def write_run_manifest(

@@ -13,31 +13,16 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common.errors import UserInputError
+from trainer.common.images import colorize, overlay, to_uint8, voc_palette
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 
-# The colour PASCAL VOC gives its "void" label 255 (boundaries and ambiguous pixels).
-IGNORE_COLOR = (224, 224, 192)
 # What the four panels of an eval example show, left to right.
 EVAL_PANELS = ("input", "ground truth", "prediction", "prediction over input")
 # White space between the panels of one example, and (wider, to tell examples apart) between grid cells.
 PANEL_GAP = 2
 CELL_GAP = 8
 _GAP_VALUE = 255
-
-
-def voc_palette(num_colors: int = 256) -> np.ndarray:
-    """Returns PASCAL VOC's palette as uint8 [num_colors, 3]: the bits of each class id spread over R, G, B.
-
-    Class 0 is black, 1 dark red (128, 0, 0), 2 green (0, 128, 0), ...; neighbouring ids get distinct colours
-    for any number of classes (it is the palette of VOC's and many other datasets' PNG label files).
-    """
-    ids = np.arange(num_colors, dtype=np.int64)
-    palette = np.zeros([num_colors, 3], np.int64)
-    for bit in range(8):
-        for channel in range(3):
-            palette[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
-    return palette.astype(np.uint8)
 
 
 def dataset_palette(info: DatasetInfo) -> np.ndarray:
@@ -58,28 +43,6 @@ def dataset_palette(info: DatasetInfo) -> np.ndarray:
         count = min(len(colors), len(palette))
         palette[:count] = colors[:count].astype(np.uint8)
     return palette
-
-
-def colorize(label_map: np.ndarray, palette: np.ndarray, ignore_label: int) -> np.ndarray:
-    """Returns the uint8 RGB image [..., H, W, 3] of an integer label map [..., H, W].
-
-    Pixels equal to `ignore_label` are painted `IGNORE_COLOR`; ids beyond the palette take its last colour.
-    """
-    label_map = np.asarray(label_map).astype(np.int64)
-    colors = palette[np.clip(label_map, 0, len(palette) - 1)]
-    colors[label_map == ignore_label] = IGNORE_COLOR
-    return colors
-
-
-def image_to_uint8(image: np.ndarray) -> np.ndarray:
-    """Converts a model input in [-1, 1] (the trainer's image convention) to uint8 RGB."""
-    return np.clip(np.round((np.asarray(image, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, colors: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blends uint8 `colors` over uint8 `image` (same shape) with weight `alpha`."""
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colors.astype(np.float32)
-    return np.round(blended).astype(np.uint8)
 
 
 def concat_with_gaps(panels: Sequence[np.ndarray], axis: int, gap: int = PANEL_GAP) -> np.ndarray:
@@ -141,7 +104,7 @@ def eval_panels(
     """
     palette = dataset_palette(info)
     size = _display_size(images.shape[1], images.shape[2], max_size)
-    inputs = _resize(image_to_uint8(images), size, nearest=False)
+    inputs = _resize(to_uint8(images), size, nearest=False)
     truth = _resize(colorize(labels, palette, info.ignore_label), size, nearest=True)
     predicted = _resize(colorize(predictions, palette, info.ignore_label), size, nearest=True)
     strips = [
@@ -185,6 +148,6 @@ def fixed_eval_examples(
 def training_example_cells(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> list[np.ndarray]:
     """Returns one uint8 cell per training example: image | colourised mask | mask over image."""
     palette = dataset_palette(info)
-    inputs = image_to_uint8(images)
+    inputs = to_uint8(images)
     masks = colorize(labels, palette, info.ignore_label)
     return [concat_with_gaps([inputs[i], masks[i], overlay(inputs[i], masks[i])], axis=1) for i in range(len(inputs))]
