@@ -14,8 +14,11 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer.cluster import distribute
+from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
+from trainer.cluster.placement import Placement
 from trainer.cluster.preemption import PreemptionWatcher
+from trainer.cluster.strategies import StrategyName, create_strategy, default_precision, default_steps_per_loop
+from trainer.cluster.tasks import task_info
 from trainer.common.errors import UserInputError
 from trainer.core import ema as ema_lib
 from trainer.core import evaluation, loop, losses, optim, precision
@@ -49,8 +52,8 @@ def with_strategy_defaults(train_config: TrainConfig, strategy: tf.distribute.St
     """Fills `train.steps_per_loop` and `train.precision` left unset with the strategy's defaults."""
     return dataclasses.replace(
         train_config,
-        steps_per_loop=train_config.steps_per_loop or distribute.default_steps_per_loop(strategy),
-        precision=train_config.precision or distribute.default_precision(strategy),
+        steps_per_loop=train_config.steps_per_loop or default_steps_per_loop(strategy),
+        precision=train_config.precision or default_precision(strategy),
     )
 
 
@@ -76,7 +79,7 @@ class _Run:
         self.train_config = train_config
         self.eval_config = eval_config
         self.input_pipeline = input_pipeline
-        self.task = distribute.task_info(strategy)
+        self.task = task_info(strategy)
         streams = [summaries.TRAIN_SUBDIR] if mode in _TRAINING_MODES else []
         streams += [summaries.EVAL_SUBDIR] if mode in _EVALUATING_MODES else []
         self.writers = summaries.SummaryWriters(model_dir, self.task, streams)
@@ -302,7 +305,7 @@ def _export_at_end_of_training(state: _Run, export_config: exporter.ExportConfig
 def run(
     mode: "str | Mode",
     model_dir: str,
-    strategy: "str | distribute.StrategyName | tf.distribute.Strategy" = "auto",
+    strategy: "str | StrategyName | tf.distribute.Strategy" = "auto",
     tpu: str | None = None,
     checkpoint: str | None = None,
     dataset: Callable[[], DatasetInfo] = synthetic_shapes,
@@ -337,7 +340,9 @@ def run(
     if not model_dir:
         raise UserInputError("--model_dir is required: the directory for checkpoints, summaries and results.")
     if not isinstance(strategy, tf.distribute.Strategy):
-        strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
+        strategy = create_strategy(
+            strategy, Placement(tpu=tpu), mirrored=MirroredConfig(), multi_worker=MultiWorkerConfig()
+        )
     train_config = train_config or TrainConfig()  # strategy defaults are filled in by _Run
     eval_config = eval_config or EvalConfig()
     input_pipeline = input_pipeline or InputPipeline()

@@ -26,7 +26,7 @@ import tf_keras as keras
 from absl import logging
 from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled has no public alias
 
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
