@@ -152,7 +152,7 @@ def test_named_tpu_that_cannot_be_found_is_a_config_error():
 @pytest.mark.parametrize(
     "placement, message",
     [
-        (dict(tpu_zone="us-central1-a"), "--tpu_zone=us-central1-a: it locates a TPU by name, so it needs --tpu"),
+        (dict(tpu_zone="us-central1-a"), "--tpu_zone=us-central1-a: expected --tpu=<TPU name> too (it locates a"),
         (dict(tpu="local", gcp_project="p"), "--gcp_project=p: expected only with a TPU name, received --tpu=local"),
         (dict(tpu="grpc://10.0.0.2:8470", tpu_zone="z"), "received --tpu=grpc://10.0.0.2:8470, which needs no"),
         (dict(tpu="local", worker_hosts=TWO_WORKERS, task_index=0), "--tpu and --worker_hosts: expected one of"),

@@ -50,7 +50,9 @@ class Placement:
     def _check_tpu_flags(self) -> None:
         for flag, value in (("--tpu_zone", self.tpu_zone), ("--gcp_project", self.gcp_project)):
             if value and not self.tpu:
-                raise UserInputError(f"{flag}={value}: it locates a TPU by name, so it needs --tpu=<TPU name> too.")
+                raise UserInputError(
+                    f"{flag}={value}: expected --tpu=<TPU name> too (it locates a TPU by name), received none."
+                )
             if value and (self.tpu == "local" or self.tpu.startswith("grpc://")):
                 raise UserInputError(
                     f"{flag}={value}: expected only with a TPU name, received --tpu={self.tpu}, which needs no "
