@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import REPO_ROOT
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
 from trainer.storage.checkpoints import Checkpointer
 
@@ -106,7 +106,7 @@ _DISK_FULL_SCRIPT = """
 import resource, signal, sys
 import tensorflow as tf
 from trainer.storage.checkpoints import Checkpointer, CheckpointWriteError
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 
 step = tf.Variable(0, dtype=tf.int64)
 weights = tf.Variable(tf.ones([64, 64]))

@@ -3,7 +3,7 @@
 import pytest
 
 from trainer import train_lib  # noqa: F401  (registers every configurable)
-from trainer.cluster.distribute import StrategyName
+from trainer.cluster.strategies import StrategyName
 from trainer.common.errors import UserInputError
 from trainer.core.config import Mode, TrainConfig, parse_gin
 

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import types
+from unittest import mock
 
 import gin
 import numpy as np
@@ -12,8 +13,12 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import REPO_ROOT, make_train_loop, mirrored_strategy
-from trainer.cluster import distribute
-from trainer.cluster.distribute import MirroredConfig, MultiWorkerConfig, Placement, StrategyName
+from trainer.cluster import strategies
+from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
+from trainer.cluster.lost_workers import WorkerLostError, describe_lost_worker, lost_workers_reported
+from trainer.cluster.placement import Placement, cluster_resolver
+from trainer.cluster.strategies import StrategyName, resolve_strategy_name
+from trainer.cluster.tasks import task_info
 from trainer.common.errors import UserInputError
 from trainer.core import optim
 
@@ -26,6 +31,18 @@ def _no_tf_config(monkeypatch):
     gin.clear_config()
     yield
     gin.clear_config()
+
+
+def _create_strategy(
+    name: str,
+    placement: Placement | None = None,
+    mirrored: MirroredConfig | None = None,
+    multi_worker: MultiWorkerConfig | None = None,
+) -> tf.distribute.Strategy:
+    """`create_strategy` with the default settings where a test names none."""
+    return strategies.create_strategy(
+        name, placement, mirrored=mirrored or MirroredConfig(), multi_worker=multi_worker or MultiWorkerConfig()
+    )
 
 
 def _set_tf_config(monkeypatch, config) -> None:
@@ -88,7 +105,7 @@ def test_auto_picks_what_the_documented_table_says(monkeypatch):
                     _set_tf_config(patch, tf_config)
                 _fake_gpus(patch, gpu_count)
                 placement = Placement(tpu=tpu_flag, worker_hosts=worker_hosts, task_index=0 if worker_hosts else None)
-                picked = distribute.resolve_strategy_name("auto", placement)
+                picked = resolve_strategy_name("auto", placement)
             assert picked is StrategyName(expected), (tpu_flag, tf_config, worker_hosts, gpu_count)
             checked += 1
     assert checked >= 20
@@ -97,17 +114,17 @@ def test_auto_picks_what_the_documented_table_says(monkeypatch):
 def test_an_evaluator_task_is_not_a_multi_worker_replica(monkeypatch):
     cluster = {"chief": TWO_WORKERS[:1], "worker": TWO_WORKERS[1:], "evaluator": ["127.0.0.1:20003"]}
     _set_tf_config(monkeypatch, {"cluster": cluster, "task": {"type": "evaluator", "index": 0}})
-    assert distribute.resolve_strategy_name("auto") is StrategyName.ONE_DEVICE
+    assert resolve_strategy_name("auto") is StrategyName.ONE_DEVICE
     _set_tf_config(monkeypatch, {"cluster": cluster, "task": {"type": "worker", "index": 0}})
-    assert distribute.resolve_strategy_name("auto") is StrategyName.MULTI_WORKER_MIRRORED
+    assert resolve_strategy_name("auto") is StrategyName.MULTI_WORKER_MIRRORED
 
 
 def test_auto_on_this_machine_is_one_device_on_the_cpu():
     assert not tf.config.list_physical_devices("GPU")
-    strategy = distribute.create_strategy("auto")
+    strategy = _create_strategy("auto")
     assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
     assert strategy.extended.worker_devices == ("/job:localhost/replica:0/task:0/device:CPU:0",)
-    assert distribute.task_info(strategy).is_chief
+    assert task_info(strategy).is_chief
 
 
 # The documented message (README.md, "Cloud TPU"); the part in brackets is TensorFlow's own.
@@ -120,7 +137,7 @@ TPU_MESSAGE = re.compile(
 
 def test_tpu_strategy_without_a_tpu_fails_with_the_documented_message():
     with pytest.raises(UserInputError) as error:
-        distribute.create_strategy("tpu", Placement(tpu="local"))
+        _create_strategy("tpu", Placement(tpu="local"))
     assert TPU_MESSAGE.fullmatch(str(error.value)), str(error.value)
     with open(os.path.join(REPO_ROOT, "README.md")) as f:
         assert TPU_MESSAGE.search(f.read().replace("\n", " ")) is not None
@@ -129,20 +146,23 @@ def test_tpu_strategy_without_a_tpu_fails_with_the_documented_message():
 def test_named_tpu_that_cannot_be_found_is_a_config_error():
     # No Google credentials here, so the Cloud TPU API lookup (cloud-tpu-client) fails before any network call.
     with pytest.raises(UserInputError, match=r"--tpu=my-tpu --tpu_zone=us-central2-b --gcp_project=my-project: no TPU"):
-        distribute.create_strategy("tpu", Placement(tpu="my-tpu", tpu_zone="us-central2-b", gcp_project="my-project"))
+        _create_strategy("tpu", Placement(tpu="my-tpu", tpu_zone="us-central2-b", gcp_project="my-project"))
 
 
 @pytest.mark.parametrize(
     "placement, message",
     [
-        (dict(tpu_zone="us-central1-a"), "--tpu_zone=us-central1-a: it locates a TPU by name, so it needs --tpu"),
+        (dict(tpu_zone="us-central1-a"), "--tpu_zone=us-central1-a: expected --tpu=<TPU name> too (it locates a"),
         (dict(tpu="local", gcp_project="p"), "--gcp_project=p: expected only with a TPU name, received --tpu=local"),
         (dict(tpu="grpc://10.0.0.2:8470", tpu_zone="z"), "received --tpu=grpc://10.0.0.2:8470, which needs no"),
         (dict(tpu="local", worker_hosts=TWO_WORKERS, task_index=0), "--tpu and --worker_hosts: expected one of"),
         (dict(worker_hosts=TWO_WORKERS), "expected --task_index too"),
         (dict(task_index=1), "--task_index=1: expected --worker_hosts too"),
         (dict(worker_hosts=TWO_WORKERS, task_index=2), "expected an index into the 2 --worker_hosts (0 to 1), rec"),
-        (dict(worker_hosts=["host1", "host2:2222"], task_index=0), "expected host:port addresses such as 10.0.0.2:"),
+        (
+            dict(worker_hosts=["host1", "host2:2222"], task_index=0),
+            "--worker_hosts: expected a host:port address such as 10.0.0.2:",
+        ),
         (dict(worker_hosts=["h:2222", "h:2222"], task_index=0), "expected distinct host:port addresses"),
     ],
 )
@@ -163,7 +183,7 @@ def test_placement_errors(placement, message):
 )
 def test_flags_that_do_not_fit_the_strategy(name, placement, message):
     with pytest.raises(UserInputError, match=re.escape(message)):
-        distribute.create_strategy(name, placement)
+        _create_strategy(name, placement)
 
 
 @pytest.mark.parametrize(
@@ -172,7 +192,10 @@ def test_flags_that_do_not_fit_the_strategy(name, placement, message):
         ("{'cluster': {}}", "TF_CONFIG: expected JSON such as"),
         ({"cluster": {"worker": TWO_WORKERS}}, "TF_CONFIG: expected a JSON object with 'cluster' and 'task' keys"),
         ({"cluster": {"ps": TWO_WORKERS}, "task": {"type": "ps"}}, "received 'ps' (parameter servers are not"),
-        ({"cluster": {"worker": "h:1"}, "task": {"type": "worker"}}, "expected cluster.worker to be a list of"),
+        (
+            {"cluster": {"worker": "h:1"}, "task": {"type": "worker"}},
+            "TF_CONFIG cluster.worker: expected a list of host:port",
+        ),
         ({"cluster": {"worker": ["h1", "h2"]}, "task": {"type": "worker"}}, "received 'h1'"),
         ({"cluster": {"worker": TWO_WORKERS}, "task": {"type": "wroker"}}, "expected task.type to name a job of"),
         ({"cluster": {"worker": TWO_WORKERS}, "task": {"type": "worker", "index": 2}}, "task.index in [0, 2)"),
@@ -182,23 +205,21 @@ def test_flags_that_do_not_fit_the_strategy(name, placement, message):
 def test_tf_config_typos_are_config_errors(monkeypatch, tf_config, message):
     _set_tf_config(monkeypatch, tf_config)
     with pytest.raises(UserInputError) as error:
-        distribute.resolve_strategy_name("auto")
+        resolve_strategy_name("auto")
     assert message in str(error.value)
 
 
 def test_tf_config_and_worker_hosts_together_are_refused(monkeypatch):
     _set_tf_config(monkeypatch, {"cluster": {"worker": TWO_WORKERS}, "task": {"type": "worker", "index": 0}})
     with pytest.raises(UserInputError, match="TF_CONFIG and --worker_hosts: expected one description of the cluster"):
-        distribute.cluster_resolver(Placement(worker_hosts=TWO_WORKERS, task_index=0))
+        cluster_resolver(Placement(worker_hosts=TWO_WORKERS, task_index=0))
 
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_worker_hosts_build_the_cluster_tf_config_describes(monkeypatch, index):
-    from_flags = distribute.cluster_resolver(
-        Placement(worker_hosts=(" 127.0.0.1:20001", *TWO_WORKERS[1:]), task_index=index)
-    )
+    from_flags = cluster_resolver(Placement(worker_hosts=(" 127.0.0.1:20001", *TWO_WORKERS[1:]), task_index=index))
     _set_tf_config(monkeypatch, {"cluster": {"worker": TWO_WORKERS}, "task": {"type": "worker", "index": index}})
-    from_env = distribute.cluster_resolver(Placement())
+    from_env = cluster_resolver(Placement())
     assert isinstance(from_env, tf.distribute.cluster_resolver.TFConfigClusterResolver)
     assert from_flags.cluster_spec().as_dict() == from_env.cluster_spec().as_dict() == {"worker": TWO_WORKERS}
     assert (from_flags.task_type, from_flags.task_id) == (from_env.task_type, from_env.task_id) == ("worker", index)
@@ -214,7 +235,7 @@ def test_mirrored_cross_device_ops_settings():
     with pytest.raises(UserInputError, match=r"mirrored.cross_device_ops: expected one of \{auto, nccl, hier"):
         MirroredConfig("ring")
     with pytest.raises(UserInputError, match=r"received 'nccl' \(NCCL runs on GPUs only\)"):
-        distribute.create_strategy("mirrored", mirrored=MirroredConfig("nccl"))
+        _create_strategy("mirrored", mirrored=MirroredConfig("nccl"))
 
 
 def _train_two_steps(strategy: tf.distribute.Strategy) -> tuple[float, list[np.ndarray]]:
@@ -244,7 +265,7 @@ def test_every_cpu_all_reduce_takes_the_same_steps():
     """Mirrored over the two test CPUs with each all-reduce that runs without GPUs: same loss, same weights."""
     reference_loss, reference_weights = _train_two_steps(mirrored_strategy())
     for cross_device_ops in ("hierarchical_copy", "reduce_to_one"):
-        strategy = distribute.create_strategy("mirrored", mirrored=MirroredConfig(cross_device_ops))
+        strategy = _create_strategy("mirrored", mirrored=MirroredConfig(cross_device_ops))
         assert strategy.num_replicas_in_sync == 2
         loss, weights = _train_two_steps(strategy)
         np.testing.assert_allclose(loss, reference_loss, rtol=1e-6)
@@ -270,7 +291,7 @@ def test_multi_worker_settings():
     assert MultiWorkerConfig(implementation="nccl").communication_options().implementation.value == "NCCL"
     for bad, message in (
         (dict(implementation="grpc"), "multi_worker.implementation: expected one of {auto, ring, nccl}"),
-        (dict(timeout_seconds=0), "multi_worker.timeout_seconds: expected None or a positive number"),
+        (dict(timeout_seconds=0), "multi_worker.timeout_seconds: expected a positive number, received 0"),
         (dict(heartbeat_timeout_seconds=2.5), "heartbeat_timeout_seconds: expected a positive integer, received 2.5"),
     ):
         with pytest.raises(UserInputError, match=re.escape(message)):
@@ -279,12 +300,12 @@ def test_multi_worker_settings():
 
 def test_tpu_defaults_for_the_loop_and_precision():
     tpu, mirrored = StrategyName.TPU, StrategyName.MIRRORED
-    assert distribute.default_steps_per_loop(tpu) == 500 and distribute.default_precision("tpu") == "mixed_bfloat16"
-    assert distribute.default_steps_per_loop(mirrored) == 50 and distribute.default_precision(mirrored) == "float32"
-    assert distribute.default_precision(mirrored_strategy()) == "float32"
-    assert distribute.strategy_name(mirrored_strategy()) is StrategyName.MIRRORED
+    assert strategies.default_steps_per_loop(tpu) == 500 and strategies.default_precision("tpu") == "mixed_bfloat16"
+    assert strategies.default_steps_per_loop(mirrored) == 50 and strategies.default_precision(mirrored) == "float32"
+    assert strategies.default_precision(mirrored_strategy()) == "float32"
+    assert strategies.strategy_name(mirrored_strategy()) is StrategyName.MIRRORED
     with pytest.raises(ValueError, match="received 'auto'"):
-        distribute.default_precision("auto")
+        strategies.default_precision("auto")
 
 
 def _fake_multi_worker_strategy(task_id: int):
@@ -294,16 +315,19 @@ def _fake_multi_worker_strategy(task_id: int):
     return types.SimpleNamespace(cluster_resolver=resolver)
 
 
+# The error TensorFlow 2.21 raises on worker 0 when worker 1 stops sending heartbeats (tests/
+# test_multi_worker_faults.py sees it for real).
+HEARTBEAT_LOST = tf.errors.UnavailableError(
+    None,
+    None,
+    "Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are unhealthy "
+    "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.",
+)
+
+
 def test_a_lost_worker_is_named_with_its_address():
-    # The error TensorFlow 2.21 raises on worker 0 when worker 1 stops sending heartbeats (tests/
-    # test_multi_worker_faults.py sees it for real).
-    error = tf.errors.UnavailableError(
-        None,
-        None,
-        "Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are unhealthy "
-        "(stopped sending heartbeats):\n/job:worker/replica:0/task:1\nThe tasks have crashed.",
-    )
-    message = distribute.describe_lost_worker(error, _fake_multi_worker_strategy(0))
+    error = HEARTBEAT_LOST
+    message = describe_lost_worker(error, _fake_multi_worker_strategy(0), MultiWorkerConfig())
     assert message.startswith(
         "Lost /job:worker/task:1 (127.0.0.1:20002) of the 2-worker MultiWorkerMirrored job: it sent no heartbeat "
         "for multi_worker.heartbeat_timeout_seconds=10 s."
@@ -313,19 +337,40 @@ def test_a_lost_worker_is_named_with_its_address():
     error = tf.errors.UnavailableError(
         None, None, "Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling"
     )
-    message = distribute.describe_lost_worker(error, _fake_multi_worker_strategy(1))
+    message = describe_lost_worker(error, _fake_multi_worker_strategy(1), MultiWorkerConfig())
     assert message.startswith(
         "Lost /job:worker/task:0 (127.0.0.1:20001) of the 2-worker MultiWorkerMirrored job: the connection to it "
         "failed (UnavailableError)."
     )
     error = tf.errors.DeadlineExceededError(None, None, "Collective ops timed out")
-    assert "did not complete within multi_worker.timeout_seconds=None s" in distribute.describe_lost_worker(
-        error, _fake_multi_worker_strategy(0)
+    assert "did not complete within multi_worker.timeout_seconds=None s" in describe_lost_worker(
+        error, _fake_multi_worker_strategy(0), MultiWorkerConfig()
     )
 
 
 def test_errors_of_single_host_strategies_pass_through():
     error = tf.errors.UnavailableError(None, None, "socket closed")
     with pytest.raises(tf.errors.UnavailableError, match="socket closed"):
-        with distribute.lost_workers_reported(mirrored_strategy()):
+        with lost_workers_reported(mirrored_strategy(), MultiWorkerConfig()):
             raise error
+
+
+def _multi_worker_strategy_double(task_id: int) -> mock.Mock:
+    """Passes for a MultiWorkerMirroredStrategy (isinstance) without a cluster to join."""
+    strategy = mock.Mock(spec=tf.distribute.MultiWorkerMirroredStrategy)
+    strategy.cluster_resolver = _fake_multi_worker_strategy(task_id).cluster_resolver
+    return strategy
+
+
+def test_the_lost_worker_report_names_the_timeouts_of_the_strategy_that_was_built():
+    # Gin says otherwise, and is not what the strategy was built with: the report must not read it.
+    gin.parse_config("multi_worker.heartbeat_timeout_seconds = 30\nmulti_worker.timeout_seconds = 40")
+    built_with = MultiWorkerConfig(heartbeat_timeout_seconds=7, timeout_seconds=90)
+    with pytest.raises(WorkerLostError, match=r"multi_worker\.heartbeat_timeout_seconds=7 s\.") as lost:
+        with lost_workers_reported(_multi_worker_strategy_double(0), built_with):
+            raise HEARTBEAT_LOST
+    assert isinstance(lost.value.__cause__, tf.errors.UnavailableError)
+    timed_out = tf.errors.DeadlineExceededError(None, None, "Collective ops timed out")
+    with pytest.raises(WorkerLostError, match=r"within multi_worker\.timeout_seconds=90 s:"):
+        with lost_workers_reported(_multi_worker_strategy_double(0), built_with):
+            raise timed_out

@@ -10,7 +10,7 @@ import tf_keras as keras
 
 from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_config, scalar_events
 from trainer import train_lib
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
 from trainer.core import evaluation, metrics
 from trainer.core.config import EvalConfig

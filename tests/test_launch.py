@@ -133,7 +133,7 @@ def test_free_ports_are_distinct():
 @pytest.mark.parametrize(
     "num_workers, max_restarts, args, message",
     [
-        (0, 0, [], "--workers: expected a positive number of workers, received 0"),
+        (0, 0, [], "--workers: expected a positive integer, received 0"),
         (2, -1, [], "--max_restarts: expected an integer >= 0, received -1"),
         (2, 0, ["--task_index=0"], "trainer flag --task_index=0: expected no --worker_hosts/--task_index after `--`"),
     ],

@@ -7,13 +7,13 @@ import pytest
 import tensorflow as tf
 
 from tests.helpers import mirrored_strategy, one_device_strategy, text_tags
-from trainer.cluster import distribute
+from trainer.cluster.tasks import TaskInfo, task_info
 from trainer.observe import manifest
 
 
 def test_manifest_names_the_strategy_replicas_devices_and_software(tmp_path):
     strategy = mirrored_strategy()
-    record = manifest.build_manifest("train", str(tmp_path), strategy, distribute.task_info(strategy), step=0)
+    record = manifest.build_manifest("train", str(tmp_path), strategy, task_info(strategy), step=0)
     assert record["strategy"]["name"] == "mirrored"
     assert record["strategy"]["class"] == "MirroredStrategy"
     assert record["strategy"]["num_replicas_in_sync"] == 2
@@ -30,7 +30,7 @@ def test_manifest_names_the_strategy_replicas_devices_and_software(tmp_path):
 
 def test_chief_writes_json_and_a_text_summary_atomically(tmp_path):
     strategy = one_device_strategy()
-    task = distribute.task_info(strategy)
+    task = task_info(strategy)
     writer = tf.summary.create_file_writer(str(tmp_path / "train"))
     record = manifest.write_run_manifest("train_and_eval", str(tmp_path), strategy, task, writer, step=7)
     writer.close()
@@ -46,7 +46,7 @@ def test_chief_writes_json_and_a_text_summary_atomically(tmp_path):
 
 def test_other_tasks_write_nothing(tmp_path):
     strategy = one_device_strategy()
-    worker = distribute.TaskInfo(task_type="worker", task_id=1, is_chief=False)
+    worker = TaskInfo(task_type="worker", task_id=1, is_chief=False)
     record = manifest.write_run_manifest("train", str(tmp_path), strategy, worker, tf.summary.create_noop_writer(), 0)
     assert record["strategy"]["task"] == {"type": "worker", "id": 1, "is_chief": False}
     assert os.listdir(tmp_path) == []

@@ -6,7 +6,7 @@ import gin
 import pytest
 
 from tests.helpers import scalar_events, text_tags
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
 from trainer.observe import summaries
 from trainer.observe.config import ObserveConfig

@@ -5,8 +5,12 @@ import sys
 from absl import app, flags, logging
 
 from trainer import train_lib
-from trainer.cluster import distribute
+from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
+from trainer.cluster.lost_workers import WorkerLostError, lost_workers_reported
+from trainer.cluster.placement import Placement
 from trainer.cluster.preemption import EXIT_CODE_PREEMPTED, Preempted
+from trainer.cluster.strategies import StrategyName, create_strategy
+from trainer.cluster.virtual_cpus import configure_virtual_cpus
 from trainer.common.errors import UserInputError
 from trainer.core.config import Mode, parse_gin
 from trainer.storage.checkpoints import CheckpointWriteError
@@ -20,8 +24,8 @@ _MODEL_DIR = flags.DEFINE_string("model_dir", None, "Directory for checkpoints, 
 _MODE = flags.DEFINE_enum("mode", Mode.TRAIN_AND_EVAL.value, [m.value for m in Mode], "What to run.")
 _STRATEGY = flags.DEFINE_enum(
     "strategy",
-    distribute.StrategyName.AUTO.value,
-    [s.value for s in distribute.StrategyName],
+    StrategyName.AUTO.value,
+    [s.value for s in StrategyName],
     "tf.distribute strategy.",
 )
 _TPU = flags.DEFINE_string("tpu", None, "TPU name, grpc:// address, or 'local' on a TPU VM.")
@@ -54,17 +58,19 @@ def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}. Settings go in --gin_bindings.")
     try:
-        distribute.configure_virtual_cpus(_VIRTUAL_CPUS.value)
+        configure_virtual_cpus(_VIRTUAL_CPUS.value)
         parse_gin(_GIN_FILE.value, _GIN_BINDINGS.value)
-        placement = distribute.Placement(
+        placement = Placement(
             tpu=_TPU.value,
             tpu_zone=_TPU_ZONE.value,
             gcp_project=_GCP_PROJECT.value,
             worker_hosts=tuple(_WORKER_HOSTS.value),
             task_index=_TASK_INDEX.value,
         )
-        strategy = distribute.create_strategy(_STRATEGY.value, placement)
-        with distribute.lost_workers_reported(strategy):
+        # Built here, after parse_gin, so that gin fills them; the lost-worker report names the same timeouts.
+        multi_worker = MultiWorkerConfig()
+        strategy = create_strategy(_STRATEGY.value, placement, mirrored=MirroredConfig(), multi_worker=multi_worker)
+        with lost_workers_reported(strategy, multi_worker):
             report = train_lib.run(
                 mode=_MODE.value,
                 model_dir=_MODEL_DIR.value,
@@ -72,7 +78,7 @@ def _main(argv: list[str]) -> None:
                 checkpoint=_CHECKPOINT.value,
                 profile_steps=_PROFILE_STEPS.value,
             )
-    except (UserInputError, CheckpointWriteError, FloatingPointError, distribute.WorkerLostError) as error:
+    except (UserInputError, CheckpointWriteError, FloatingPointError, WorkerLostError) as error:
         logging.error("%s", error)
         sys.exit(f"error: {error}")
     except Preempted as preempted:

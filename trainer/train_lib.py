@@ -13,9 +13,11 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer.cluster import distribute
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
+from trainer.cluster.placement import Placement
 from trainer.cluster.preemption import PreemptionWatcher
+from trainer.cluster.strategies import StrategyName, create_strategy, default_precision, default_steps_per_loop
+from trainer.cluster.tasks import TaskInfo, task_info
 from trainer.common.errors import UserInputError
 from trainer.core import evaluation, loop_actions
 from trainer.core.config import EvalConfig, Mode, TrainConfig
@@ -76,7 +78,7 @@ def build_context(
 ) -> RunContext:
     """Builds the model (and, for training modes, its optimizer), the summary writers and the checkpointer."""
     train = config.train
-    task = distribute.task_info(strategy)
+    task = task_info(strategy)
     state = build_model_state(
         strategy,
         functools.partial(model_fn, num_classes=info.num_classes),
@@ -255,9 +257,7 @@ def _check_flags(mode: Mode, model_dir: str, checkpoint: str | None) -> None:
 def configure(strategy: tf.distribute.Strategy, **given: object) -> RunConfig:
     """The run's config tree from gin (and `given` parts), with the strategy's defaults, checked against it."""
     config = RunConfig.from_gin(**given)
-    train = config.train.with_defaults(
-        distribute.default_steps_per_loop(strategy), distribute.default_precision(strategy)
-    )
+    train = config.train.with_defaults(default_steps_per_loop(strategy), default_precision(strategy))
     train.check_replicas(strategy.num_replicas_in_sync)
     config.evaluation.check_replicas(strategy.num_replicas_in_sync)
     return dataclasses.replace(config, train=train)
@@ -267,7 +267,7 @@ def configure(strategy: tf.distribute.Strategy, **given: object) -> RunConfig:
 def run(
     mode: "str | Mode",
     model_dir: str,
-    strategy: "str | distribute.StrategyName | tf.distribute.Strategy" = "auto",
+    strategy: "str | StrategyName | tf.distribute.Strategy" = "auto",
     tpu: str | None = None,
     checkpoint: str | None = None,
     dataset: Callable[[], DatasetInfo] = synthetic_shapes,
@@ -297,7 +297,9 @@ def run(
     _check_flags(mode, model_dir, checkpoint)
     profile_window = parse_profile_steps(profile_steps)
     if not isinstance(strategy, tf.distribute.Strategy):
-        strategy = distribute.create_strategy(strategy, distribute.Placement(tpu=tpu))
+        strategy = create_strategy(
+            strategy, Placement(tpu=tpu), mirrored=MirroredConfig(), multi_worker=MultiWorkerConfig()
+        )
     config = configure(
         strategy, train=train_config, evaluation=eval_config, input_pipeline=input_pipeline, export=export_config
     )

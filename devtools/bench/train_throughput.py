@@ -36,7 +36,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer import train_lib
-from trainer.cluster import distribute
+from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
+from trainer.cluster.strategies import StrategyName, create_strategy
 from trainer.core import precision
 from trainer.core.config import parse_gin
 from trainer.core.model_state import build_model_state
@@ -93,7 +94,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--num_classes", type=int, default=21, help="classes of the classifier (21: PASCAL VOC).")
     parser.add_argument("--timed_steps", type=int, default=RECOMMENDED_TIMED_STEPS, help="timed steps per crop.")
     parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps after the first one.")
-    parser.add_argument("--strategy", default=distribute.StrategyName.AUTO.value, help="as the trainer's --strategy.")
+    parser.add_argument("--strategy", default=StrategyName.AUTO.value, help="as the trainer's --strategy.")
     parser.add_argument("--peak_size", type=int, default=4096, help="matrix size of the peak measurement.")
     parser.add_argument("--peak_chain", type=int, default=10, help="dependent matmuls per timed call.")
     parser.add_argument("--peak_repeats", type=int, default=3, help="timed calls; the best one counts.")
@@ -331,7 +332,7 @@ def main(argv: Sequence[str]) -> int:
     """Runs the benchmark for every `--crop`; prints the report (and writes `--output_json`). Returns 0."""
     args = _parse_args(argv)
     parse_gin(args.config, args.gin_bindings)
-    strategy = distribute.create_strategy(args.strategy)
+    strategy = create_strategy(args.strategy, mirrored=MirroredConfig(), multi_worker=MultiWorkerConfig())
     config = train_lib.configure(strategy)
     run_precision = precision.parse(config.train.precision)
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 
 LAUNCHER_PREFIX = "[launch]"
@@ -116,10 +117,8 @@ class LocalJob:
         env: Mapping[str, str] | None = None,
         poll_seconds: float = 0.2,
     ):
-        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-            raise UserInputError(f"--workers: expected a positive number of workers, received {num_workers!r}.")
-        if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
-            raise UserInputError(f"--max_restarts: expected an integer >= 0, received {max_restarts!r}.")
+        validate.positive_int("--workers", num_workers)
+        validate.non_negative_int("--max_restarts", max_restarts)
         for arg in trainer_args:
             if arg.split("=")[0] in _CLUSTER_FLAGS:
                 raise UserInputError(

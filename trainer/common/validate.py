@@ -63,6 +63,14 @@ def choice(where: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
+def host_port(where: str, value: Any) -> str:
+    """Returns `value` if it is a `host:port` address with a port in 1..65535."""
+    host, _, port = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise expected(where, "a host:port address such as 10.0.0.2:2222", value)
+    return value
+
+
 def enum_member(where: str, enum_type: type[EnumT], value: Any) -> EnumT:
     """Returns the member of `enum_type` whose value is `value` (or `value` itself if it is a member)."""
     if isinstance(value, enum_type):

@@ -5,7 +5,7 @@ import os
 import gin
 import tensorflow as tf
 
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.files import write_atomically
 from trainer.core.controller import LoopResult
 from trainer.observe import summaries

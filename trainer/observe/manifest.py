@@ -18,7 +18,8 @@ import psutil
 import tensorflow as tf
 from absl import flags
 
-from trainer.cluster.distribute import StrategyName, TaskInfo
+from trainer.cluster.strategies import StrategyName
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.files import write_json_atomically
 from trainer.core.config import Mode
 from trainer.observe import summaries

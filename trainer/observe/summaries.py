@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 
 TRAIN_SUBDIR = "train"
 EVAL_SUBDIR = "eval"

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 from absl import logging
 
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
 from trainer.data import schema
 from trainer.data.info import DatasetInfo

@@ -14,7 +14,7 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from trainer.cluster.distribute import TaskInfo
+from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
 
 CHECKPOINT_SUBDIR = "checkpoints"
