@@ -116,7 +116,9 @@ def test_train_sharding_splits_examples_between_pipelines(tmp_path, caplog, num_
 
 def test_indivisible_global_batch_names_the_binding(tmp_path):
     info = _info(tmp_path)
-    with pytest.raises(ValueError, match=r"train\.global_batch_size: expected a multiple of the number of replicas \(2\), received 3"):
+    with pytest.raises(
+        ValueError, match=r"train\.global_batch_size: expected a multiple of the number of replicas \(2\), received 3"
+    ):
         InputPipeline().train_dataset(info, 3, _context(0))
     with pytest.raises(ValueError, match=r"evaluation\.global_batch_size"):
         InputPipeline().eval_dataset(info, 3, _context(0))

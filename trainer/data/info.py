@@ -8,6 +8,7 @@ import re
 
 import tensorflow as tf
 
+from trainer.common import files
 from trainer.common.errors import UserInputError
 
 INFO_FILENAME = "dataset_info.json"
@@ -170,8 +171,7 @@ def save(info: DatasetInfo, path: str, files_relative_to: str | None = None) -> 
     text = json.dumps(record, indent=2)
     # One line per list of numbers (a colour, a size) keeps palettes and histograms readable.
     text = re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda match: "[" + re.sub(r"\s+", " ", match.group(1)) + "]", text)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text + "\n")
+    files.write_atomically(path, text + "\n")
 
 
 def load(path: str) -> DatasetInfo:
