@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from trainer.common import validate
 from trainer.common.errors import UserInputError, expected
-from trainer.data import eval_input, train_input
+from trainer.data import augment, eval_input, train_input
 from trainer.data.info import DatasetInfo
 from trainer.data.jitter import PhotometricJitter
 
@@ -31,14 +31,6 @@ def _checked_pad_value(pad_value: float | tuple[float, ...]) -> float | tuple[fl
             f"{_PREFIX}.pad_value", "one value or three (one per channel) in the model's input range [-1, 1]", pad_value
         )
     return pad_value
-
-
-def _check_scales(min_scale: float, max_scale: float, scale_step: float) -> None:
-    validate.positive_number(f"{_PREFIX}.min_scale", min_scale)
-    validate.positive_number(f"{_PREFIX}.max_scale", max_scale)
-    if min_scale > max_scale:
-        raise expected(f"{_PREFIX}.min_scale/max_scale", "min_scale <= max_scale", (min_scale, max_scale))
-    validate.non_negative_number(f"{_PREFIX}.scale_step", scale_step)
 
 
 def _check_service_address(address: str | None) -> None:
@@ -117,7 +109,7 @@ class InputPipeline:
         if self.eval_size is not None:
             object.__setattr__(self, "eval_size", validate.size_pair(f"{_PREFIX}.eval_size", self.eval_size))
         object.__setattr__(self, "pad_value", _checked_pad_value(self.pad_value))
-        _check_scales(self.min_scale, self.max_scale, self.scale_step)
+        augment.check_scales(_PREFIX, self.min_scale, self.max_scale, self.scale_step)
         for binding in ("shuffle_buffer", "interleave_cycle_length", "prefetch_batches"):
             validate.positive_int(f"{_PREFIX}.{binding}", getattr(self, binding))
         for binding in ("num_parallel_calls", "autotune_ram_budget_mb"):
