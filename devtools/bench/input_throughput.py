@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from trainer.data.convert import reading, voc, writer
+from trainer.common import images
+from trainer.data.convert import voc, writer
 from trainer.data.pipeline import InputPipeline
 from trainer.data.tfrecord import converted_dataset
 
@@ -56,7 +57,7 @@ def make_voc_like_tree(directory: str, num_images: int, seed: int = 0) -> str:
     root = os.path.join(directory, "VOC2012")
     for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
-    palette = [v for colour in reading.pascal_palette(256) for v in colour]
+    palette = images.voc_palette(256).flatten().tolist()
     ids = [f"2012_{k:06d}" for k in range(num_images)]
     for image_id in ids:
         image, label = _scene(rng)

@@ -60,12 +60,12 @@ def test_save_and_load_round_trip_with_relative_paths(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(num_classes=0, class_names=()), "expected num_classes > 0, received 0"),
+        (dict(num_classes=0, class_names=()), r"num_classes: expected a positive integer, received 0"),
         (dict(class_names=("a", "b")), "expected 3 class_names"),
         (dict(ignore_label=2), r"expected ignore_label outside the class ids \[0, 3\), received 2"),
         (dict(train_files=()), "expected at least one file in train_files"),
-        (dict(num_eval_examples=0), "expected num_eval_examples > 0"),
-        (dict(max_image_size=(0, 4)), "expected max_image_size"),
+        (dict(num_eval_examples=0), "num_eval_examples: expected a positive integer"),
+        (dict(max_image_size=(0, 4)), r"max_image_size\[0\]: expected a positive integer, received 0"),
     ],
 )
 def test_dataset_info_validates(overrides, message):

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from trainer.data import schema
 from trainer.data.info import DatasetInfo
-from trainer.data.pipeline import InputPipeline, PhotometricJitter
+from trainer.data.jitter import PhotometricJitter
+from trainer.data.pipeline import InputPipeline
 
 IGNORE = 255
 NUM_CLASSES = 5
@@ -115,7 +116,9 @@ def test_train_sharding_splits_examples_between_pipelines(tmp_path, caplog, num_
 
 def test_indivisible_global_batch_names_the_binding(tmp_path):
     info = _info(tmp_path)
-    with pytest.raises(ValueError, match=r"train\.global_batch_size.*2 replicas.*received 3"):
+    with pytest.raises(
+        ValueError, match=r"train\.global_batch_size: expected a multiple of the number of replicas \(2\), received 3"
+    ):
         InputPipeline().train_dataset(info, 3, _context(0))
     with pytest.raises(ValueError, match=r"evaluation\.global_batch_size"):
         InputPipeline().eval_dataset(info, 3, _context(0))
@@ -287,7 +290,7 @@ def test_input_pipeline_validates_new_settings(overrides, message):
 
 
 def test_negative_start_step_is_an_error(tmp_path):
-    with pytest.raises(ValueError, match="expected start_step >= 0, received -1"):
+    with pytest.raises(ValueError, match=r"start_step: expected an integer >= 0, received -1"):
         InputPipeline().train_dataset(_info(tmp_path), 2, start_step=-1)
 
 

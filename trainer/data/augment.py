@@ -9,7 +9,21 @@ import math
 
 import tensorflow as tf
 
-from trainer.common.errors import UserInputError
+from trainer.common import validate
+from trainer.common.errors import expected
+
+
+def check_scales(where: str, min_scale: float, max_scale: float, scale_step: float) -> None:
+    """Checks a scale range for `random_scale`, naming the settings `<where>.min_scale` etc. in errors.
+
+    Raises:
+      UserInputError: if not 0 < min_scale <= max_scale, or scale_step < 0.
+    """
+    validate.positive_number(f"{where}.min_scale", min_scale)
+    validate.positive_number(f"{where}.max_scale", max_scale)
+    if min_scale > max_scale:
+        raise expected(f"{where}.min_scale/max_scale", "min_scale <= max_scale", (min_scale, max_scale))
+    validate.non_negative_number(f"{where}.scale_step", scale_step)
 
 
 def random_scale(
@@ -29,12 +43,7 @@ def random_scale(
     Raises:
       UserInputError: if not 0 < min_scale <= max_scale, or scale_step < 0.
     """
-    if not 0 < min_scale <= max_scale:
-        raise UserInputError(
-            f"random_scale: expected 0 < min_scale <= max_scale, received min_scale={min_scale}, max_scale={max_scale}"
-        )
-    if scale_step < 0:
-        raise UserInputError(f"random_scale: expected scale_step >= 0, received {scale_step}")
+    check_scales("random_scale", min_scale, max_scale, scale_step)
     if scale_step > 0:
         # The small tolerance keeps max_scale among the choices when (max - min) / step is a whole number.
         num_scales = int(math.floor((max_scale - min_scale) / scale_step + 1e-6)) + 1

@@ -8,6 +8,7 @@ import re
 
 import tensorflow as tf
 
+from trainer.common import files, validate
 from trainer.common.errors import UserInputError
 
 INFO_FILENAME = "dataset_info.json"
@@ -90,8 +91,7 @@ class DatasetInfo:
             self, "splits", tuple(s if isinstance(s, SplitInfo) else SplitInfo(**s) for s in self.splits)
         )
         where = f"DatasetInfo(name={self.name!r})"
-        if self.num_classes <= 0:
-            raise UserInputError(f"{where}: expected num_classes > 0, received {self.num_classes}")
+        validate.positive_int(f"{where}.num_classes", self.num_classes)
         if len(self.class_names) != self.num_classes:
             raise UserInputError(
                 f"{where}: expected {self.num_classes} class_names (one per class), "
@@ -105,14 +105,9 @@ class DatasetInfo:
         for split in ("train", "eval"):
             if not getattr(self, f"{split}_files"):
                 raise UserInputError(f"{where}: expected at least one file in {split}_files, received none")
-            if getattr(self, f"num_{split}_examples") <= 0:
-                raise UserInputError(
-                    f"{where}: expected num_{split}_examples > 0, received {getattr(self, f'num_{split}_examples')}"
-                )
-        if self.max_image_size is not None and (len(self.max_image_size) != 2 or min(self.max_image_size) <= 0):
-            raise UserInputError(
-                f"{where}: expected max_image_size (height, width) of positive ints, received {self.max_image_size}"
-            )
+            validate.positive_int(f"{where}.num_{split}_examples", getattr(self, f"num_{split}_examples"))
+        if self.max_image_size is not None:
+            validate.size_pair(f"{where}.max_image_size", self.max_image_size)
         if self.palette is not None:
             if len(self.palette) != self.num_classes:
                 raise UserInputError(
@@ -170,8 +165,7 @@ def save(info: DatasetInfo, path: str, files_relative_to: str | None = None) -> 
     text = json.dumps(record, indent=2)
     # One line per list of numbers (a colour, a size) keeps palettes and histograms readable.
     text = re.sub(r"\[\s+([-\d.,\s]+?)\s+\]", lambda match: "[" + re.sub(r"\s+", " ", match.group(1)) + "]", text)
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write(text + "\n")
+    files.write_atomically(path, text + "\n")
 
 
 def load(path: str) -> DatasetInfo:

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 from trainer.data import schema
@@ -201,48 +202,31 @@ def _write_split(
     return paths
 
 
-@gin.configurable
-def synthetic_shapes(
-    data_dir: str = "data/synthetic_shapes",
-    image_size: int = 96,
-    num_train_examples: int = 2000,
-    num_eval_examples: int = 200,
-    num_shards: int = 4,
-    seed: int = 0,
-) -> info_lib.DatasetInfo:
-    """Returns the synthetic shapes dataset, generating its TFRecords under `data_dir` on first use.
-
-    The files live in a subdirectory named after every parameter, so changing one generates a new dataset and
-    never reuses a stale one. Generation writes to a temporary sibling and renames it into place, so
-    concurrent workers never see a half-written dataset.
-
-    Raises:
-      ValueError: if a size or count is not positive, or a split has fewer examples than shards.
-    """
+def _check_settings(image_size: int, num_train_examples: int, num_eval_examples: int, num_shards: int) -> None:
     for binding, value in (
         ("image_size", image_size),
         ("num_train_examples", num_train_examples),
         ("num_eval_examples", num_eval_examples),
         ("num_shards", num_shards),
     ):
-        if value <= 0:
-            raise UserInputError(f"synthetic_shapes.{binding}: expected a positive int, received {value}")
+        validate.positive_int(f"synthetic_shapes.{binding}", value)
     if min(num_train_examples, num_eval_examples) < num_shards:
         raise UserInputError(
             f"synthetic_shapes.num_shards: expected at most min(num_train_examples, num_eval_examples) = "
             f"{min(num_train_examples, num_eval_examples)} shards so none is empty, received {num_shards}"
         )
-    name = f"v{_GENERATOR_VERSION}_s{image_size}_n{num_train_examples}_e{num_eval_examples}_k{num_shards}_seed{seed}"
-    target = os.path.join(data_dir, name)
-    info_path = os.path.join(target, info_lib.INFO_FILENAME)
-    if tf.io.gfile.exists(info_path):
-        logging.info("Using the synthetic shapes dataset in %s", target)
-        return info_lib.load(info_path)
 
-    tf.io.gfile.makedirs(data_dir)
-    staging = os.path.join(data_dir, f".{name}.tmp-{uuid.uuid4().hex}")
-    tf.io.gfile.makedirs(staging)
-    start = time.perf_counter()
+
+def _generate(
+    staging: str,
+    target: str,
+    image_size: int,
+    num_train_examples: int,
+    num_eval_examples: int,
+    num_shards: int,
+    seed: int,
+) -> None:
+    """Writes the dataset's TFRecords and JSON into `staging`, with file paths valid once it is renamed `target`."""
     # Distinct, independent streams per split: the eval set does not change with num_train_examples.
     train_rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     eval_rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
@@ -261,13 +245,53 @@ def synthetic_shapes(
     )
     # Saved relative to `target`, so the JSON is valid once the staging directory has been renamed.
     info_lib.save(info, os.path.join(staging, info_lib.INFO_FILENAME), files_relative_to=target)
+
+
+def _move_into_place_unless_taken(staging: str, target: str) -> bool:
+    """Renames `staging` to `target`; returns False when another process got there first (its copy stays)."""
     try:
         tf.io.gfile.rename(staging, target)
     except (tf.errors.OpError, OSError):
         # Another worker renamed its copy into place first; both are identical (same seed), keep theirs.
-        if not tf.io.gfile.exists(info_path):
+        if not tf.io.gfile.exists(os.path.join(target, info_lib.INFO_FILENAME)):
             raise
         tf.io.gfile.rmtree(staging)
+        return False
+    return True
+
+
+@gin.configurable
+def synthetic_shapes(
+    data_dir: str = "data/synthetic_shapes",
+    image_size: int = 96,
+    num_train_examples: int = 2000,
+    num_eval_examples: int = 200,
+    num_shards: int = 4,
+    seed: int = 0,
+) -> info_lib.DatasetInfo:
+    """Returns the synthetic shapes dataset, generating its TFRecords under `data_dir` on first use.
+
+    The files live in a subdirectory named after every parameter, so changing one generates a new dataset and
+    never reuses a stale one. Generation writes to a temporary sibling and renames it into place, so
+    concurrent workers never see a half-written dataset.
+
+    Raises:
+      UserInputError: if a size or count is not positive, or a split has fewer examples than shards.
+    """
+    _check_settings(image_size, num_train_examples, num_eval_examples, num_shards)
+    name = f"v{_GENERATOR_VERSION}_s{image_size}_n{num_train_examples}_e{num_eval_examples}_k{num_shards}_seed{seed}"
+    target = os.path.join(data_dir, name)
+    info_path = os.path.join(target, info_lib.INFO_FILENAME)
+    if tf.io.gfile.exists(info_path):
+        logging.info("Using the synthetic shapes dataset in %s", target)
+        return info_lib.load(info_path)
+
+    tf.io.gfile.makedirs(data_dir)
+    staging = os.path.join(data_dir, f".{name}.tmp-{uuid.uuid4().hex}")
+    tf.io.gfile.makedirs(staging)
+    start = time.perf_counter()
+    _generate(staging, target, image_size, num_train_examples, num_eval_examples, num_shards, seed)
+    if not _move_into_place_unless_taken(staging, target):
         logging.info("Another process generated %s first; using its copy", target)
         return info_lib.load(info_path)
     logging.info(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from trainer.common import images
 from trainer.data.convert import reading
 
 
@@ -73,7 +74,7 @@ def fake_voc(tmp_path) -> FakeTree:
     ids = {"train": ["2007_000032", "2007_000039", "2008_000002"], "val": ["2007_000033", "2009_000001"]}
     sizes = [(40, 32), (32, 48), (36, 36), (24, 40), (48, 24)]
     expected = {"train": {}, "val": {}, "trainval": {}}
-    palette = reading.pascal_palette(256)
+    palette = images.voc_palette(256).tolist()
     for (split, split_ids), offset in (((s, i), k) for k, (s, i) in enumerate(ids.items())):
         for n, image_id in enumerate(split_ids):
             height, width = sizes[(3 * offset + n) % len(sizes)]

@@ -9,6 +9,7 @@ import pytest
 from absl import flags, logging
 
 from tests.helpers import REPO_ROOT
+from trainer.common import images
 from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
 from trainer.data.convert import cli, voc, writer
@@ -66,9 +67,7 @@ def test_bad_example_stops_conversion_naming_the_file(fake_voc, fake_files, tmp_
 
 
 def voc_palette():
-    from trainer.data.convert import reading
-
-    return reading.pascal_palette(256)
+    return images.voc_palette(256).tolist()
 
 
 def test_a_split_with_only_bad_examples_is_an_error(fake_voc, tmp_path):
@@ -132,7 +131,7 @@ def test_cli_converts_and_rejects_other_formats_flags(fake_voc, tmp_path, parsed
     ):
         cli.convert("voc")
     with pytest.raises(
-        UserInputError, match=r"format: expected one of \['ade20k', 'cityscapes', 'folder', 'tfds', 'voc'\]"
+        UserInputError, match=r"format: expected one of \{ade20k, cityscapes, folder, tfds, voc\}, received"
     ):
         cli.convert("coco")
     parsed_flags(f"--output_dir={tmp_path / 'y'}")

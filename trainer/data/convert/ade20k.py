@@ -8,7 +8,7 @@ import os
 
 from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
-from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
+from trainer.data.convert.source import DatasetSource, SourceExample, SplitSource
 
 IGNORE_LABEL = 255
 # The first name of each class in the benchmark's objectInfo150 list, in class order.
@@ -44,13 +44,11 @@ def find_root(source_dir: str) -> str:
     Raises:
       UserInputError: if neither has them.
     """
-    candidates = [source_dir, os.path.join(source_dir, "ADEChallengeData2016")]
-    for candidate in candidates:
-        if all(reading.isdir(os.path.join(candidate, d)) for d in ("images", "annotations")):
-            return candidate
-    raise UserInputError(
-        f"--source_dir: expected ADE20K SceneParsing's images/ and annotations/ (looked in {candidates}), "
-        f"received {source_dir!r}"
+    return reading.find_root(
+        source_dir,
+        ["ADEChallengeData2016"],
+        ["images", "annotations"],
+        "ADE20K SceneParsing's images/ and annotations/",
     )
 
 
@@ -77,13 +75,12 @@ def ade20k_source(source_dir: str, train_split: str = "train", eval_split: str =
         if not images:
             raise UserInputError(f"--source_dir: expected images/{directory}/*.jpg under {root!r}, found none")
         splits.append(SplitSource(split, [_example(root, p, directory) for p in images], len(images)))
+    # ADE20K publishes no palette of its own: the default, VOC's colour map, gives its 150 classes distinct colours.
     return DatasetSource(
         name="ade20k",
         class_names=CLASS_NAMES,
         ignore_label=IGNORE_LABEL,
-        # ADE20K publishes no palette of its own; VOC's colour map gives its 150 classes distinct colours.
-        palette=reading.pascal_palette(len(CLASS_NAMES)),
-        splits=tuple(splits),
+        splits=splits,
         train_split=train_split,
         eval_split=eval_split,
     )

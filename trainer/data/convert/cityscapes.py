@@ -10,7 +10,7 @@ import os
 
 from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
-from trainer.data.convert.writer import BadExample, DatasetSource, SourceExample, SplitSource
+from trainer.data.convert.source import BadExample, DatasetSource, SourceExample, SplitSource
 
 IGNORE_LABEL = 255
 # (label id, class name, colour) of the 19 evaluated classes, in train-id order.
@@ -81,8 +81,8 @@ def cityscapes_source(
         name="cityscapes",
         class_names=CLASS_NAMES,
         ignore_label=IGNORE_LABEL,
-        palette=PALETTE,
-        splits=tuple(split_sources),
+        splits=split_sources,
         train_split=train_split,
         eval_split=eval_split,
+        palette=PALETTE,
     )

@@ -19,8 +19,10 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags, logging
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.data.convert import ade20k, cityscapes, folder, reading, tfds_dataset, voc, writer
+from trainer.data.convert.source import DatasetSource
 
 _SOURCE_DIR = flags.DEFINE_string("source_dir", None, "The source dataset's directory (local or gs://).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the TFRecords and dataset_info.json go.")
@@ -95,22 +97,22 @@ def _classes() -> tuple[tuple[str, ...], tuple | None]:
     return tuple(_CLASS_NAMES.value or ()), None
 
 
-def _voc() -> writer.DatasetSource:
+def _voc() -> DatasetSource:
     return voc.voc_source(
         _required(_SOURCE_DIR, "voc"), sbd_dir=_SBD_DIR.value, **_split_defaults({"eval_split": "val"})
     )
 
 
-def _cityscapes() -> writer.DatasetSource:
+def _cityscapes() -> DatasetSource:
     splits = tuple(_SPLITS.value or ("train", "val"))
     return cityscapes.cityscapes_source(_required(_SOURCE_DIR, "cityscapes"), splits, **_split_defaults({}))
 
 
-def _ade20k() -> writer.DatasetSource:
+def _ade20k() -> DatasetSource:
     return ade20k.ade20k_source(_required(_SOURCE_DIR, "ade20k"), **_split_defaults({}))
 
 
-def _folder() -> writer.DatasetSource:
+def _folder() -> DatasetSource:
     class_names, palette = _classes()
     return folder.folder_source(
         _required(_SOURCE_DIR, "folder"),
@@ -124,7 +126,7 @@ def _folder() -> writer.DatasetSource:
     )
 
 
-def _tfds() -> writer.DatasetSource:
+def _tfds() -> DatasetSource:
     class_names, palette = _classes()
     return tfds_dataset.tfds_source(
         _required(_TFDS_NAME, "tfds"),
@@ -141,7 +143,7 @@ def _tfds() -> writer.DatasetSource:
     )
 
 
-FORMATS: dict[str, Callable[[], writer.DatasetSource]] = {
+FORMATS: dict[str, Callable[[], DatasetSource]] = {
     "voc": _voc,
     "cityscapes": _cityscapes,
     "ade20k": _ade20k,
@@ -156,8 +158,7 @@ def convert(format_name: str) -> tuple:
     Raises:
       UserInputError: for an unknown format, a flag of another format, or any problem `write_dataset` reports.
     """
-    if format_name not in FORMATS:
-        raise UserInputError(f"format: expected one of {sorted(FORMATS)}, received {format_name!r}")
+    validate.choice("format", format_name, sorted(FORMATS))
     foreign = sorted(name for name in _SPECIFIC_FLAGS - _FORMAT_FLAGS[format_name] if flags.FLAGS[name].present)
     if foreign:
         raise UserInputError(

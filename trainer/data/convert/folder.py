@@ -13,7 +13,7 @@ import numpy as np
 
 from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
-from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
+from trainer.data.convert.source import DatasetSource, SourceExample, SplitSource
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -69,6 +69,50 @@ def _example(source_dir: str, image_path: str, mask_dir: str, table: np.ndarray)
     )
 
 
+def _check_classes(class_names: tuple[str, ...], ignore_label: int) -> None:
+    if not class_names:
+        raise UserInputError("--class_names or --class_names_file: expected at least one class, received none")
+    if not 0 <= ignore_label <= 255 or ignore_label < len(class_names):
+        raise UserInputError(
+            f"--ignore_label: expected a value in [{len(class_names)}, 255] (outside the class ids), "
+            f"received {ignore_label}"
+        )
+
+
+def _split_folders(source_dir: str, subdirectories: list[str], table: np.ndarray) -> list[SplitSource]:
+    """One split per subdirectory of `images/` (its masks in the same subdirectory of `masks/`)."""
+    splits = []
+    for split in subdirectories:
+        image_paths = _images(os.path.join(source_dir, "images", split))
+        mask_dir = os.path.join(source_dir, "masks", split)
+        examples = [_example(source_dir, p, mask_dir, table) for p in image_paths]
+        splits.append(SplitSource(split, examples, len(examples)))
+    return splits
+
+
+def _random_splits(source_dir: str, table: np.ndarray, val_fraction: float, seed: int) -> list[SplitSource]:
+    """A flat `images/` split into `train` and `val` by a seeded draw of `val_fraction` of the images."""
+    if not 0 < val_fraction < 1:
+        raise UserInputError(f"--val_fraction: expected a fraction in (0, 1), received {val_fraction}")
+    image_root = os.path.join(source_dir, "images")
+    image_paths = _images(image_root)
+    if len(image_paths) < 2:
+        raise UserInputError(
+            f"--source_dir: expected at least 2 images in {image_root} to split into train and val, "
+            f"found {len(image_paths)}"
+        )
+    # A seeded permutation of the sorted names: the same split on every machine and every run.
+    order = np.random.default_rng(seed).permutation(len(image_paths))
+    num_val = min(max(1, round(val_fraction * len(image_paths))), len(image_paths) - 1)
+    val = sorted(image_paths[i] for i in order[:num_val])
+    train = sorted(image_paths[i] for i in order[num_val:])
+    mask_root = os.path.join(source_dir, "masks")
+    return [
+        SplitSource(split, [_example(source_dir, p, mask_root, table) for p in paths], len(paths))
+        for split, paths in (("train", train), ("val", val))
+    ]
+
+
 def folder_source(
     source_dir: str,
     class_names: tuple[str, ...],
@@ -95,15 +139,9 @@ def folder_source(
     Raises:
       UserInputError: if the layout, the classes or the fraction are not as described.
     """
-    if not class_names:
-        raise UserInputError("--class_names or --class_names_file: expected at least one class, received none")
-    if not 0 <= ignore_label <= 255 or ignore_label < len(class_names):
-        raise UserInputError(
-            f"--ignore_label: expected a value in [{len(class_names)}, 255] (outside the class ids), "
-            f"received {ignore_label}"
-        )
-    image_root, mask_root = os.path.join(source_dir, "images"), os.path.join(source_dir, "masks")
-    for directory in (image_root, mask_root):
+    _check_classes(class_names, ignore_label)
+    image_root = os.path.join(source_dir, "images")
+    for directory in (image_root, os.path.join(source_dir, "masks")):
         if not reading.isdir(directory):
             raise UserInputError(
                 f"--source_dir: expected the folders images/ and masks/ in {source_dir!r}, found no {directory}"
@@ -112,34 +150,16 @@ def folder_source(
     subdirectories = sorted(
         d.rstrip("/") for d in reading.listdir(image_root) if reading.isdir(os.path.join(image_root, d))
     )
-    splits = []
     if subdirectories:
-        for split in subdirectories:
-            images = _images(os.path.join(image_root, split))
-            examples = [_example(source_dir, p, os.path.join(mask_root, split), table) for p in images]
-            splits.append(SplitSource(split, examples, len(examples)))
+        splits = _split_folders(source_dir, subdirectories, table)
     else:
-        if not 0 < val_fraction < 1:
-            raise UserInputError(f"--val_fraction: expected a fraction in (0, 1), received {val_fraction}")
-        images = _images(image_root)
-        if len(images) < 2:
-            raise UserInputError(
-                f"--source_dir: expected at least 2 images in {image_root} to split into train and val, "
-                f"found {len(images)}"
-            )
-        # A seeded permutation of the sorted names: the same split on every machine and every run.
-        order = np.random.default_rng(seed).permutation(len(images))
-        num_val = min(max(1, round(val_fraction * len(images))), len(images) - 1)
-        val = sorted(images[i] for i in order[:num_val])
-        train = sorted(images[i] for i in order[num_val:])
-        for split, paths in (("train", train), ("val", val)):
-            splits.append(SplitSource(split, [_example(source_dir, p, mask_root, table) for p in paths], len(paths)))
+        splits = _random_splits(source_dir, table, val_fraction, seed)
     return DatasetSource(
         name=name or os.path.basename(source_dir.rstrip("/")),
-        class_names=tuple(class_names),
+        class_names=class_names,
         ignore_label=ignore_label,
-        palette=palette or reading.pascal_palette(len(class_names)),
-        splits=tuple(splits),
+        splits=splits,
         train_split=train_split,
         eval_split=eval_split,
+        palette=palette,
     )

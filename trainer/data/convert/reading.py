@@ -1,15 +1,15 @@
 """Reading source files for the converters: bytes and label PNGs through `tf.io.gfile`, label lookup tables."""
 
 import io
+import os
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
 from trainer.common.errors import UserInputError
-from trainer.data.convert.writer import BadExample
-
-RGB = tuple[int, int, int]
+from trainer.data.convert.source import BadExample
 
 
 def read_bytes(path: str) -> bytes:
@@ -69,25 +69,6 @@ def parse_label_map(text: str, flag: str = "--label_map") -> dict[int, int]:
     return mapping
 
 
-def pascal_palette(num_colours: int) -> tuple[RGB, ...]:
-    """Returns PASCAL VOC's colour map (the bits of the class id spread over R, G and B), `num_colours` long.
-
-    VOC's own label PNGs use it, and it gives distinct colours to up to 256 classes, so it also serves the
-    datasets that publish no palette of their own.
-    """
-    colours = []
-    for class_id in range(num_colours):
-        red = green = blue = 0
-        value = class_id
-        for shift in range(7, -1, -1):
-            red |= ((value >> 0) & 1) << shift
-            green |= ((value >> 1) & 1) << shift
-            blue |= ((value >> 2) & 1) << shift
-            value >>= 3
-        colours.append((red, green, blue))
-    return tuple(colours)
-
-
 def gfile_open(path: str):
     """Opens `path` (local or gs://) for binary reading."""
     return tf.io.gfile.GFile(path, "rb")
@@ -108,3 +89,16 @@ def isdir(path: str) -> bool:
 
 def listdir(path: str) -> list[str]:
     return sorted(tf.io.gfile.listdir(path))
+
+
+def find_root(source_dir: str, below: Sequence[str], subdirectories: Sequence[str], description: str) -> str:
+    """Returns the first of `source_dir` and the paths `below` it that holds every one of `subdirectories`.
+
+    Raises:
+      UserInputError: naming `description` and the places looked in, when none does.
+    """
+    candidates = [source_dir, *(os.path.join(source_dir, path) for path in below)]
+    for candidate in candidates:
+        if all(isdir(os.path.join(candidate, d)) for d in subdirectories):
+            return candidate
+    raise UserInputError(f"--source_dir: expected {description} (looked in {candidates}), received {source_dir!r}")

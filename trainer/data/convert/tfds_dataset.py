@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
-from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
+from trainer.data.convert.source import DatasetSource, SourceExample, SplitSource
 
 # A feature naming each example (oxford_iiit_pet has one); else examples are named split/index.
 _KEY_FEATURES = ("file_name", "image/filename", "filename")
@@ -41,6 +41,29 @@ def _mapped(mask: np.ndarray, table: np.ndarray) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.integer) and mask.size and 0 <= mask.min() and mask.max() <= 255:
         return table[mask.astype(np.uint8)]
     return mask
+
+
+def _check_features(builder, name: str, image_feature: str, mask_feature: str) -> None:
+    features = builder.info.features
+    for flag, feature in (("--image_feature", image_feature), ("--mask_feature", mask_feature)):
+        if feature not in features:
+            raise UserInputError(
+                f"{flag}: expected a feature of tfds dataset {name!r} (it has {sorted(features.keys())}), "
+                f"received {feature!r}"
+            )
+
+
+def _split_sources(
+    builder, name: str, splits: tuple[str, ...], image_feature: str, mask_feature: str, table: np.ndarray
+) -> list[SplitSource]:
+    known_splits = tuple(builder.info.splits.keys())
+    sources = []
+    for split in splits:
+        count = builder.info.splits[split].num_examples if split in known_splits else 0
+        dataset = builder.as_dataset(split=split, shuffle_files=False)
+        examples = _examples(dataset, name, split, image_feature, mask_feature, table)
+        sources.append(SplitSource(split, examples, count or None))
+    return sources
 
 
 def tfds_source(
@@ -80,32 +103,19 @@ def tfds_source(
     builder = tfds.builder(name, data_dir=data_dir)
     if download:
         builder.download_and_prepare()
-    features = builder.info.features
-    for flag, feature in (("--image_feature", image_feature), ("--mask_feature", mask_feature)):
-        if feature not in features:
-            raise UserInputError(
-                f"{flag}: expected a feature of tfds dataset {name!r} (it has {sorted(features.keys())}), "
-                f"received {feature!r}"
-            )
-    known_splits = tuple(builder.info.splits.keys())
-    splits = tuple(splits) or known_splits
+    _check_features(builder, name, image_feature, mask_feature)
+    splits = tuple(splits) or tuple(builder.info.splits.keys())
     if not splits:
         raise UserInputError(f"--splits: tfds dataset {name!r} lists no splits; name the ones to convert")
     if eval_split is None:
         eval_split = "validation" if "validation" in splits else "test"
     table = reading.lookup_table(label_map or {})
-    split_sources = []
-    for split in splits:
-        count = builder.info.splits[split].num_examples if split in known_splits else 0
-        dataset = builder.as_dataset(split=split, shuffle_files=False)
-        examples = _examples(dataset, name, split, image_feature, mask_feature, table)
-        split_sources.append(SplitSource(split, examples, count or None))
     return DatasetSource(
         name=name.split(":")[0],
-        class_names=tuple(class_names),
+        class_names=class_names,
         ignore_label=ignore_label,
-        palette=palette or reading.pascal_palette(len(class_names)),
-        splits=tuple(split_sources),
+        splits=_split_sources(builder, name, splits, image_feature, mask_feature, table),
         train_split=train_split,
         eval_split=eval_split,
+        palette=palette,
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from trainer.common.errors import UserInputError
 from trainer.data.convert import reading
-from trainer.data.convert.writer import DatasetSource, SourceExample, SplitSource
+from trainer.data.convert.source import DatasetSource, SourceExample, SplitSource
 
 CLASS_NAMES = (
     "background",
@@ -50,13 +50,11 @@ def find_root(source_dir: str) -> str:
     Raises:
       UserInputError: if none of them has `JPEGImages/` and `SegmentationClass/`.
     """
-    candidates = [source_dir, os.path.join(source_dir, "VOC2012"), os.path.join(source_dir, "VOCdevkit", "VOC2012")]
-    for candidate in candidates:
-        if all(reading.isdir(os.path.join(candidate, d)) for d in ("JPEGImages", "SegmentationClass")):
-            return candidate
-    raise UserInputError(
-        f"--source_dir: expected a PASCAL VOC 2012 directory with JPEGImages/ and SegmentationClass/ (looked in "
-        f"{candidates}), received {source_dir!r}"
+    return reading.find_root(
+        source_dir,
+        ["VOC2012", os.path.join("VOCdevkit", "VOC2012")],
+        ["JPEGImages", "SegmentationClass"],
+        "a PASCAL VOC 2012 directory with JPEGImages/ and SegmentationClass/",
     )
 
 
@@ -111,6 +109,44 @@ def _sbd_masks(sbd_dir: str) -> tuple[dict[str, str], object]:
     )
 
 
+def _split_ids(root: str) -> dict[str, list[str]]:
+    """Returns {split: image ids} of the lists in `ImageSets/Segmentation/` (train and val required)."""
+    split_ids = {}
+    for split in SPLITS:
+        path = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
+        if reading.exists(path):
+            split_ids[split] = _read_ids(path)
+    for required in ("train", "val"):
+        if required not in split_ids:
+            raise UserInputError(
+                f"--source_dir: expected ImageSets/Segmentation/{required}.txt under {root!r}, found "
+                f"{sorted(split_ids) or 'no split lists'}"
+            )
+    return split_ids
+
+
+def _voc_mask_example(root: str, image_id: str) -> SourceExample:
+    """The example of `image_id` with its mask from VOC's `SegmentationClass/`."""
+    mask_path = os.path.join(root, "SegmentationClass", f"{image_id}.png")
+    return _voc_example(root, image_id, mask_path, reading.read_label_png)
+
+
+def _trainaug(root: str, split_ids: dict[str, list[str]], sbd_dir: str) -> SplitSource:
+    """SBD's train and val images and VOC's train images, less VOC's val images."""
+    sbd_masks, read_sbd = _sbd_masks(sbd_dir)
+    val_ids = set(split_ids["val"])
+    voc_annotated = set(split_ids["train"]) | val_ids | set(split_ids.get("trainval", ()))
+    trainaug_ids = sorted((set(sbd_masks) | set(split_ids["train"])) - val_ids)
+    examples = [
+        # VOC's own masks where there are some: they carry the void outline that SBD's lack.
+        _voc_mask_example(root, image_id)
+        if image_id in voc_annotated
+        else _voc_example(root, image_id, sbd_masks[image_id], read_sbd)
+        for image_id in trainaug_ids
+    ]
+    return SplitSource(TRAINAUG, examples, len(examples))
+
+
 def voc_source(
     source_dir: str,
     sbd_dir: str | None = None,
@@ -129,47 +165,18 @@ def voc_source(
       UserInputError: if the layout is not found.
     """
     root = find_root(source_dir)
-    mask_dir = os.path.join(root, "SegmentationClass")
-    split_ids = {}
-    for split in SPLITS:
-        path = os.path.join(root, "ImageSets", "Segmentation", f"{split}.txt")
-        if reading.exists(path):
-            split_ids[split] = _read_ids(path)
-    for required in ("train", "val"):
-        if required not in split_ids:
-            raise UserInputError(
-                f"--source_dir: expected ImageSets/Segmentation/{required}.txt under {root!r}, found "
-                f"{sorted(split_ids) or 'no split lists'}"
-            )
+    split_ids = _split_ids(root)
     splits = [
-        SplitSource(
-            split,
-            [_voc_example(root, i, os.path.join(mask_dir, f"{i}.png"), reading.read_label_png) for i in ids],
-            len(ids),
-        )
+        SplitSource(split, [_voc_mask_example(root, image_id) for image_id in ids], len(ids))
         for split, ids in split_ids.items()
     ]
     if sbd_dir:
-        sbd_masks, read_sbd = _sbd_masks(sbd_dir)
-        val_ids = set(split_ids["val"])
-        voc_annotated = set(split_ids["train"]) | val_ids | set(split_ids.get("trainval", ()))
-        trainaug_ids = sorted((set(sbd_masks) | set(split_ids["train"])) - val_ids)
-        examples = []
-        for image_id in trainaug_ids:
-            # VOC's own masks where there are some: they carry the void outline that SBD's lack.
-            if image_id in voc_annotated:
-                examples.append(
-                    _voc_example(root, image_id, os.path.join(mask_dir, f"{image_id}.png"), reading.read_label_png)
-                )
-            else:
-                examples.append(_voc_example(root, image_id, sbd_masks[image_id], read_sbd))
-        splits.append(SplitSource(TRAINAUG, examples, len(examples)))
+        splits.append(_trainaug(root, split_ids, sbd_dir))
     return DatasetSource(
         name="pascal_voc_2012",
         class_names=CLASS_NAMES,
         ignore_label=IGNORE_LABEL,
-        palette=reading.pascal_palette(len(CLASS_NAMES)),
-        splits=tuple(splits),
+        splits=splits,
         train_split=train_split or (TRAINAUG if sbd_dir else "train"),
         eval_split=eval_split,
     )

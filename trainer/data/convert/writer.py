@@ -8,6 +8,7 @@ import collections
 import collections.abc
 import concurrent.futures
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -18,9 +19,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
-from trainer.data import schema
+from trainer.data.convert.source import BadExample, DatasetSource, SourceExample, SplitSource, serialized_example
 
 # One shard per this many examples unless --num_shards says otherwise: VOC's 1,464 training images make 3
 # shards, its 10,582 trainaug images 21, enough files for file-based sharding over that many input pipelines.
@@ -34,66 +36,6 @@ _LOG_EVERY_EXAMPLES = 500
 _WRITE_ORDER_SEED = 0
 
 
-class BadExample(Exception):
-    """An example that cannot be converted; the message says why (the writer adds which file)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceExample:
-    """One example of a source dataset, read when the writer gets to it.
-
-    Attributes:
-      key: stored as `image/filename` (a path relative to the source, or a tfds id).
-      location: where it comes from, named in errors (the image and mask paths).
-      read: returns the image (its JPEG/PNG/BMP/GIF file bytes, or a uint8 [H, W, 3] array) and the label map
-        (uint8 [H, W] of class ids and the ignore label, already mapped from the source's ids); raises
-        `BadExample` (or an I/O or decoding error) when the example is unusable.
-    """
-
-    key: str
-    location: str
-    read: Callable[[], tuple[bytes | np.ndarray, np.ndarray]]
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitSource:
-    """One split of a source dataset.
-
-    Attributes:
-      name: the split's name in the output (`train`, `val`, ...).
-      examples: its examples; a sequence is written in a seeded random order, an iterable (tfds, already
-        shuffled when prepared) in its own.
-      num_examples: their number when known before reading them (it picks the number of shards), else None.
-    """
-
-    name: str
-    examples: Iterable[SourceExample]
-    num_examples: int | None
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSource:
-    """A source dataset as a converter describes it.
-
-    Attributes:
-      name: the dataset's name in the JSON.
-      class_names: one per class id.
-      ignore_label: the label of pixels to skip (outside the class ids).
-      palette: one RGB colour per class, or None.
-      splits: the splits to write.
-      train_split: the split the JSON names as the training one.
-      eval_split: the split the JSON names as the evaluation one.
-    """
-
-    name: str
-    class_names: tuple[str, ...]
-    ignore_label: int
-    palette: tuple[tuple[int, int, int], ...] | None
-    splits: tuple[SplitSource, ...]
-    train_split: str
-    eval_split: str
-
-
 @dataclasses.dataclass
 class SplitReport:
     """What happened to one split: examples written, and every skipped example with the reason."""
@@ -101,59 +43,6 @@ class SplitReport:
     name: str
     num_written: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-
-
-def _check_label(label: np.ndarray, num_classes: int, ignore_label: int) -> None:
-    values = np.unique(label)
-    bad = values[(values >= num_classes) & (values != ignore_label)]
-    if bad.size:
-        raise BadExample(
-            f"expected label values in [0, {num_classes}) or the ignore label {ignore_label}, "
-            f"received {', '.join(str(v) for v in bad[:8])}{' ...' if bad.size > 8 else ''}"
-        )
-
-
-def _validated(example: SourceExample, num_classes: int, ignore_label: int) -> tuple[bytes, tuple[int, int]]:
-    """Reads, decodes and checks one example; returns it serialized in the trainer's schema, and its size.
-
-    Raises:
-      BadExample: naming `example.location` and what is wrong with it.
-    """
-    try:
-        image, label = example.read()
-        encoded = None
-        if isinstance(image, bytes):
-            # The file's own bytes are kept when the trainer reads the format (JPEG, PNG); decoding here
-            # checks them and gives the size. Other formats are stored PNG-encoded.
-            encoded = image if schema.sniff_image_format(image) else None
-            try:
-                image = tf.io.decode_image(image, channels=3, expand_animations=False).numpy()
-            except tf.errors.InvalidArgumentError as error:
-                raise BadExample(f"the image does not decode ({error.message.splitlines()[0]})") from None
-        image = np.asarray(image)
-        if image.ndim == 3 and image.shape[-1] == 1:
-            image = np.repeat(image, 3, axis=-1)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise BadExample(f"expected an RGB image of uint8, received {image.dtype} {list(image.shape)}")
-        label = np.asarray(label)
-        if label.ndim == 3 and label.shape[-1] == 1:
-            label = label[..., 0]
-        if label.dtype != np.uint8 or label.ndim != 2:
-            raise BadExample(
-                f"expected a single-channel label map of uint8, received {label.dtype} {list(label.shape)}"
-            )
-        if image.shape[:2] != label.shape:
-            raise BadExample(
-                f"expected the label map to have the image's height and width {image.shape[0]}x{image.shape[1]}, "
-                f"received {label.shape[0]}x{label.shape[1]}"
-            )
-        _check_label(label, num_classes, ignore_label)
-        return schema.encode_example(image, label, example.key, encoded_image=encoded), label.shape
-    except BadExample as error:
-        raise BadExample(f"{example.location}: {error}") from None
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        # Unreadable or undecodable files (PIL raises OSError subclasses, numpy ValueError).
-        raise BadExample(f"{example.location}: {type(error).__name__}: {error}") from None
 
 
 def _ordered_map(function: Callable, items: Iterable, num_workers: int) -> Iterator:
@@ -192,86 +81,132 @@ def _num_shards(split: SplitSource, num_shards: int) -> int:
     return max(1, math.ceil(split.num_examples / EXAMPLES_PER_SHARD))
 
 
-def _write_split(
-    split: SplitSource,
-    staging: str,
-    target: str,
-    num_classes: int,
-    ignore_label: int,
-    num_shards: int,
-    skip_bad_examples: bool,
-    num_workers: int,
-) -> tuple[info_lib.SplitInfo, SplitReport]:
-    """Writes one split's shards into `staging`; returns its SplitInfo (paths under `target`) and report."""
-    report = SplitReport(split.name)
-    num_shards = _num_shards(split, num_shards)
-    temporary = [os.path.join(staging, f".{split.name}-{k:05d}.tmp") for k in range(num_shards)]
-    shard_counts = [0] * num_shards
-    sizes: collections.Counter = collections.Counter()
-    started = time.perf_counter()
-    source_examples = split.examples
-    if isinstance(source_examples, collections.abc.Sequence):
-        # Sources list examples grouped (Cityscapes by city, VOC by year) and the trainer shuffles records
-        # within windows, so the files hold them in a seeded random order instead.
-        order = np.random.default_rng(_WRITE_ORDER_SEED).permutation(len(source_examples))
-        source_examples = [source_examples[i] for i in order]
-    writers = [tf.io.TFRecordWriter(path) for path in temporary]
-    try:
-        examples = _ordered_map(lambda e: _validated(e, num_classes, ignore_label), source_examples, num_workers)
-        for example, result in examples:
-            if isinstance(result, BadExample):
-                if not skip_bad_examples:
-                    raise UserInputError(
-                        f"Converting split {split.name!r}: bad example {result}. Fix or remove it, or pass "
-                        "--skip_bad_examples to leave bad examples out (each one is counted and reported)."
-                    )
-                logging.warning("Skipping bad example %s", result)
-                report.skipped.append((example.key, str(result)))
-                continue
-            # Round-robin over the written examples keeps shard sizes within one of each other.
-            shard = report.num_written % num_shards
-            serialized, size = result
-            writers[shard].write(serialized)
-            shard_counts[shard] += 1
-            sizes[size] += 1
-            report.num_written += 1
-            if report.num_written % _LOG_EVERY_EXAMPLES == 0:
-                logging.info(
-                    "%s: %d examples written (%.1f/s)",
-                    split.name,
-                    report.num_written,
-                    report.num_written / (time.perf_counter() - started),
-                )
-    finally:
-        for writer in writers:
+@dataclasses.dataclass(frozen=True)
+class _Conversion:
+    """What every split of one `write_dataset` call shares."""
+
+    staging: str
+    target: str
+    num_classes: int
+    ignore_label: int
+    num_shards: int
+    skip_bad_examples: bool
+    num_workers: int
+
+
+class _ShardWriter:
+    """Writes one split's records round-robin into temporary shards, and names the non-empty ones at the end."""
+
+    def __init__(self, staging: str, split_name: str, num_shards: int):
+        self._staging = staging
+        self._split_name = split_name
+        self._temporary = [os.path.join(staging, f".{split_name}-{k:05d}.tmp") for k in range(num_shards)]
+        self._counts = [0] * num_shards
+        self._writers = [tf.io.TFRecordWriter(path) for path in self._temporary]
+        self.num_written = 0
+        self.sizes: collections.Counter = collections.Counter()
+
+    def write(self, serialized: bytes, size: tuple[int, int]) -> None:
+        # Round-robin over the written examples keeps shard sizes within one of each other.
+        shard = self.num_written % len(self._writers)
+        self._writers[shard].write(serialized)
+        self._counts[shard] += 1
+        self.sizes[size] += 1
+        self.num_written += 1
+
+    def close(self) -> None:
+        for writer in self._writers:
             writer.close()
-    if not report.num_written:
+
+    def finish(self, target: str) -> tuple[str, ...]:
+        """Renames the shards into place; returns their paths as they will be under `target`."""
+        # Fewer examples than shards leaves some empty: they are dropped (an empty file would give an input
+        # pipeline nothing to read) and the rest named k-of-n for the shards that remain.
+        kept = [path for path, count in zip(self._temporary, self._counts, strict=True) if count]
+        for path in self._temporary:
+            if path not in kept:
+                tf.io.gfile.remove(path)
+        files = []
+        for k, path in enumerate(kept):
+            name = f"{self._split_name}-{k:05d}-of-{len(kept):05d}.tfrecord"
+            tf.io.gfile.rename(path, os.path.join(self._staging, name))
+            files.append(os.path.join(target, name))
+        return tuple(files)
+
+
+def _write_order(split: SplitSource) -> Iterable[SourceExample]:
+    if not isinstance(split.examples, collections.abc.Sequence):
+        return split.examples
+    # Sources list examples grouped (Cityscapes by city, VOC by year) and the trainer shuffles records
+    # within windows, so the files hold them in a seeded random order instead.
+    order = np.random.default_rng(_WRITE_ORDER_SEED).permutation(len(split.examples))
+    return [split.examples[i] for i in order]
+
+
+def _skip_bad_example(
+    split: SplitSource, example: SourceExample, error: BadExample, report: SplitReport, skip_bad_examples: bool
+) -> None:
+    """Records `example` as skipped, or raises UserInputError when bad examples may not be skipped."""
+    if not skip_bad_examples:
         raise UserInputError(
-            f"Converting split {split.name!r}: expected at least one example, received none "
-            f"({len(report.skipped)} skipped as bad). Check --source_dir and the split's files."
+            f"Converting split {split.name!r}: bad example {error}. Fix or remove it, or pass "
+            "--skip_bad_examples to leave bad examples out (each one is counted and reported)."
         )
-    # Fewer examples than shards leaves some empty: they are dropped (an empty file would give an input
-    # pipeline nothing to read) and the rest named k-of-n for the shards that remain.
-    kept = [path for path, count in zip(temporary, shard_counts, strict=True) if count]
-    for path in temporary:
-        if path not in kept:
-            tf.io.gfile.remove(path)
-    files = []
-    for k, path in enumerate(kept):
-        name = f"{split.name}-{k:05d}-of-{len(kept):05d}.tfrecord"
-        tf.io.gfile.rename(path, os.path.join(staging, name))
-        files.append(os.path.join(target, name))
+    logging.warning("Skipping bad example %s", error)
+    report.skipped.append((example.key, str(error)))
+
+
+def _write_examples(split: SplitSource, conversion: _Conversion, shards: _ShardWriter, report: SplitReport) -> None:
+    started = time.perf_counter()
+    validated = functools.partial(
+        serialized_example, num_classes=conversion.num_classes, ignore_label=conversion.ignore_label
+    )
+    for example, result in _ordered_map(validated, _write_order(split), conversion.num_workers):
+        if isinstance(result, BadExample):
+            _skip_bad_example(split, example, result, report, conversion.skip_bad_examples)
+            continue
+        shards.write(*result)
+        report.num_written = shards.num_written
+        if report.num_written % _LOG_EVERY_EXAMPLES == 0:
+            logging.info(
+                "%s: %d examples written (%.1f/s)",
+                split.name,
+                report.num_written,
+                report.num_written / (time.perf_counter() - started),
+            )
+
+
+def _split_info(
+    name: str, files: tuple[str, ...], report: SplitReport, sizes: collections.Counter
+) -> info_lib.SplitInfo:
     heights = [h for h, _ in sizes]
     widths = [w for _, w in sizes]
-    split_info = info_lib.SplitInfo(
-        name=split.name,
-        files=tuple(files),
+    return info_lib.SplitInfo(
+        name=name,
+        files=files,
         num_examples=report.num_written,
         num_skipped=len(report.skipped),
         min_image_size=(min(heights), min(widths)),
         max_image_size=(max(heights), max(widths)),
         image_sizes=tuple((h, w, count) for (h, w), count in sizes.most_common(_IMAGE_SIZES_LISTED)),
     )
+
+
+def _write_split(split: SplitSource, conversion: _Conversion) -> tuple[info_lib.SplitInfo, SplitReport]:
+    """Writes one split's shards into the staging directory; returns its SplitInfo (paths under the target)."""
+    report = SplitReport(split.name)
+    started = time.perf_counter()
+    shards = _ShardWriter(conversion.staging, split.name, _num_shards(split, conversion.num_shards))
+    try:
+        _write_examples(split, conversion, shards, report)
+    finally:
+        shards.close()
+    if not report.num_written:
+        raise UserInputError(
+            f"Converting split {split.name!r}: expected at least one example, received none "
+            f"({len(report.skipped)} skipped as bad). Check --source_dir and the split's files."
+        )
+    files = shards.finish(conversion.target)
     logging.info(
         "%s: %d examples in %d files, %d skipped, %.1f s",
         split.name,
@@ -280,7 +215,7 @@ def _write_split(
         len(report.skipped),
         time.perf_counter() - started,
     )
-    return split_info, report
+    return _split_info(split.name, files, report, shards.sizes), report
 
 
 def _is_nonempty_directory(path: str) -> bool:
@@ -296,6 +231,46 @@ def _move_into_place(staging: str, target: str) -> None:
     tf.io.gfile.rename(target, old)
     tf.io.gfile.rename(staging, target)
     tf.io.gfile.rmtree(old)
+
+
+def _check_request(source: DatasetSource, output_dir: str, num_shards: int, overwrite: bool) -> None:
+    split_names = [split.name for split in source.splits]
+    validate.choice("--train_split", source.train_split, split_names)
+    validate.choice("--eval_split", source.eval_split, split_names)
+    validate.non_negative_int("--num_shards", num_shards)
+    if _is_nonempty_directory(output_dir) and not overwrite:
+        raise UserInputError(
+            f"--output_dir: expected a new or empty directory, received {output_dir!r} which holds files. "
+            "Pass --overwrite to replace it (the old dataset stays until the new one is complete)."
+        )
+
+
+def _make_staging_directory(output_dir: str) -> str:
+    """Creates and returns a new hidden directory beside `output_dir` (same file system, so renames are cheap)."""
+    parent, base = os.path.split(output_dir)
+    if parent:
+        tf.io.gfile.makedirs(parent)
+    staging = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex}")
+    tf.io.gfile.makedirs(staging)
+    return staging
+
+
+def _dataset_info(source: DatasetSource, splits: list[info_lib.SplitInfo]) -> info_lib.DatasetInfo:
+    by_name = {split.name: split for split in splits}
+    train, evaluation = by_name[source.train_split], by_name[source.eval_split]
+    return info_lib.DatasetInfo(
+        name=source.name,
+        num_classes=len(source.class_names),
+        class_names=source.class_names,
+        ignore_label=source.ignore_label,
+        train_files=train.files,
+        eval_files=evaluation.files,
+        num_train_examples=train.num_examples,
+        num_eval_examples=evaluation.num_examples,
+        max_image_size=evaluation.max_image_size,
+        palette=source.palette,
+        splits=tuple(splits),
+    )
 
 
 def write_dataset(
@@ -324,52 +299,21 @@ def write_dataset(
         ends up empty, or when `output_dir` holds files and `overwrite` is False.
     """
     output_dir = output_dir.rstrip("/")
-    split_names = [split.name for split in source.splits]
-    for flag, split_name in (("--train_split", source.train_split), ("--eval_split", source.eval_split)):
-        if split_name not in split_names:
-            raise UserInputError(f"{flag}: expected one of the splits found {split_names}, received {split_name!r}")
-    if num_shards < 0:
-        raise UserInputError(f"--num_shards: expected 0 (automatic) or a positive int, received {num_shards}")
-    if _is_nonempty_directory(output_dir) and not overwrite:
-        raise UserInputError(
-            f"--output_dir: expected a new or empty directory, received {output_dir!r} which holds files. "
-            "Pass --overwrite to replace it (the old dataset stays until the new one is complete)."
-        )
-    parent, base = os.path.split(output_dir)
-    if parent:
-        tf.io.gfile.makedirs(parent)
-    staging = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex}")
-    tf.io.gfile.makedirs(staging)
+    _check_request(source, output_dir, num_shards, overwrite)
+    staging = _make_staging_directory(output_dir)
+    conversion = _Conversion(
+        staging=staging,
+        target=output_dir,
+        num_classes=len(source.class_names),
+        ignore_label=source.ignore_label,
+        num_shards=num_shards,
+        skip_bad_examples=skip_bad_examples,
+        num_workers=num_workers,
+    )
     try:
-        splits, reports = [], []
-        for split in source.splits:
-            split_info, report = _write_split(
-                split,
-                staging,
-                output_dir,
-                len(source.class_names),
-                source.ignore_label,
-                num_shards,
-                skip_bad_examples,
-                num_workers,
-            )
-            splits.append(split_info)
-            reports.append(report)
-        by_name = {split.name: split for split in splits}
-        train, evaluation = by_name[source.train_split], by_name[source.eval_split]
-        info = info_lib.DatasetInfo(
-            name=source.name,
-            num_classes=len(source.class_names),
-            class_names=source.class_names,
-            ignore_label=source.ignore_label,
-            train_files=train.files,
-            eval_files=evaluation.files,
-            num_train_examples=train.num_examples,
-            num_eval_examples=evaluation.num_examples,
-            max_image_size=evaluation.max_image_size,
-            palette=source.palette,
-            splits=tuple(splits),
-        )
+        written = [_write_split(split, conversion) for split in source.splits]
+        reports = [report for _, report in written]
+        info = _dataset_info(source, [split_info for split_info, _ in written])
         info_lib.save(info, os.path.join(staging, info_lib.INFO_FILENAME), files_relative_to=output_dir)
         _move_into_place(staging, output_dir)
     except BaseException:
