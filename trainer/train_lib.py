@@ -29,6 +29,7 @@ from trainer.data.tfrecord import tfrecord_dataset  # noqa: F401  (registers the
 from trainer.models import DeepLabV3Plus
 from trainer.observe import manifest, progress, summaries
 from trainer.serving import exporter
+from trainer.storage import checkpoints
 from trainer.storage.checkpoints import Checkpointer
 
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -283,19 +284,24 @@ class _Run:
         return report
 
 
+def _export(state: _Run, export_config: exporter.ExportConfig, step: int) -> None:
+    """Exports the model's weights, those of training step `step` (every worker calls this)."""
+    exporter.export_model(
+        state.model,
+        state.model_dir,
+        step,
+        state.info,
+        state.input_pipeline,
+        export_config,
+        state.task,
+        weights_context=state.averaged_weights,
+    )
+
+
 def _export_at_end_of_training(state: _Run, export_config: exporter.ExportConfig) -> None:
     """Exports the final weights when `export.at_end_of_training` is set (every worker calls this)."""
     if export_config.at_end_of_training:
-        exporter.export_model(
-            state.model,
-            state.model_dir,
-            state.step,
-            state.info,
-            state.input_pipeline,
-            export_config,
-            state.task,
-            weights_context=state.averaged_weights,
-        )
+        _export(state, export_config, state.step)
 
 
 @gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps"])
@@ -351,7 +357,15 @@ def run(
         if mode is not Mode.CONTINUOUS_EVAL:  # an evaluator beside a training job writes only eval/ and best/
             manifest.write_run_manifest(mode, model_dir, strategy, state.task, state.writers.train, state.step)
         if mode is Mode.EVAL:
-            path = evaluation.resolve_checkpoint(checkpoint, state.checkpointer.directory)
+            path = (
+                checkpoints.resolve_checkpoint(checkpoint, "--checkpoint")
+                if checkpoint
+                else checkpoints.latest_checkpoint(
+                    state.checkpointer.directory,
+                    "--mode=eval",
+                    "Train first, or pass --checkpoint=<prefix or directory>.",
+                )
+            )
             state.restore(path)
             return state.evaluate(path, export_best=False)
         if mode is Mode.CONTINUOUS_EVAL:
@@ -364,15 +378,7 @@ def run(
             )
         if mode is Mode.EXPORT:
             # Restores only the weights, of the checkpoint `export.checkpoint` designates.
-            exporter.export_checkpoint(
-                state.model,
-                model_dir,
-                state.info,
-                state.input_pipeline,
-                export_config,
-                state.task,
-                weights_context=state.averaged_weights,
-            )
+            _export(state, export_config, exporter.restore_checkpoint_to_export(state.model, model_dir, export_config))
             return None
         restored_step = state.checkpointer.restore_latest()
         if restored_step is None:
