@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 from tests.helpers import REPO_ROOT
 from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
+from trainer.storage import checkpoints
 from trainer.storage.checkpoints import Checkpointer
 
 CHIEF = TaskInfo(task_type=None, task_id=0, is_chief=True)
@@ -144,3 +147,89 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
     assert reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE") == 1
     assert (reader.get_tensor("weights/.ATTRIBUTES/VARIABLE_VALUE") == 1.0).all()
     assert not tf.io.gfile.glob(os.path.join(str(tmp_path), "checkpoints", "ckpt-2*"))
+
+
+def _write(directory, step: int, state_file: bool = True) -> str:
+    """A checkpoint whose variable holds its step; with `state_file`, recorded as the directory's latest."""
+    checkpoint = tf.train.Checkpoint(global_step=tf.Variable(step, dtype=tf.int64))
+    if state_file:
+        return tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=None).save(checkpoint_number=step)
+    return checkpoint.write(os.path.join(str(directory), f"ckpt-{step}"))
+
+
+def test_resolve_checkpoint_accepts_a_prefix_or_a_directory(tmp_path):
+    older, newer = _write(tmp_path / "run", 3), _write(tmp_path / "run", 5)
+    assert checkpoints.resolve_checkpoint(older) == older
+    assert checkpoints.resolve_checkpoint(str(tmp_path / "run")) == newer
+    # A directory without a state file (a copy made by hand) holding exactly one checkpoint.
+    copy = _write(tmp_path / "copy", 7, state_file=False)
+    assert checkpoints.resolve_checkpoint(str(tmp_path / "copy")) == copy
+    with pytest.raises(
+        UserInputError, match=r"--checkpoint: expected a checkpoint prefix .*'.*nothing', which is neither"
+    ):
+        checkpoints.resolve_checkpoint(str(tmp_path / "nothing"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(UserInputError, match=r"init.checkpoint: expected a checkpoint in .*empty, received none"):
+        checkpoints.resolve_checkpoint(str(tmp_path / "empty"), "init.checkpoint")
+
+
+def test_latest_checkpoint_names_the_setting_and_the_remedy(tmp_path):
+    _write(tmp_path / "run", 2)
+    newest = _write(tmp_path / "run", 4)
+    assert checkpoints.latest_checkpoint(str(tmp_path / "run"), "--mode=eval") == newest
+    with pytest.raises(UserInputError, match=r"--mode=eval: expected a checkpoint in .*absent, received none\. Train"):
+        checkpoints.latest_checkpoint(str(tmp_path / "absent"), "--mode=eval", "Train first.")
+
+
+def test_checkpoint_step_reads_the_suffix():
+    assert checkpoints.checkpoint_step("/runs/a/checkpoints/ckpt-1200") == 1200
+    assert checkpoints.checkpoint_step("gs://bucket/run-3/best/ckpt-0") == 0
+    assert checkpoints.checkpoint_step("/runs/a/checkpoints/final") is None
+    assert checkpoints.checkpoint_step("/runs/a/ckpt-12/model") is None
+
+
+def test_copy_checkpoint_copies_only_the_checkpoints_own_files(tmp_path):
+    source = _write(tmp_path / "run", 4)
+    (tmp_path / "run" / "ckpt-4.index.tmp-123").write_text("a leftover")
+    copy = checkpoints.copy_checkpoint(source, str(tmp_path / "best"))
+    assert copy == str(tmp_path / "best" / "ckpt-4")
+    assert sorted(os.listdir(tmp_path / "best")) == ["ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+    assert checkpoints.checkpoint_files(copy) == [f"{copy}.data-00000-of-00001", f"{copy}.index"]
+    assert tf.train.load_checkpoint(copy).get_tensor(checkpoints.STEP_KEY) == 4
+    with pytest.raises(tf.errors.NotFoundError):
+        checkpoints.copy_checkpoint(str(tmp_path / "run" / "ckpt-9"), str(tmp_path / "best"))
+
+
+def _dense_model(units: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.layers.Dense(units, name="head")])
+    model(tf.zeros([1, 3]))
+    return model
+
+
+def test_restore_model_weights_returns_the_step_and_lists_a_mismatch(tmp_path):
+    source = _dense_model(4, seed=1)
+    step = tf.Variable(11, dtype=tf.int64)
+    optimizer_slot = tf.Variable(tf.ones([4]))
+    training = tf.train.Checkpoint(model=source, global_step=step, optimizer=tf.train.Checkpoint(slot=optimizer_slot))
+    prefix = training.write(str(tmp_path / "ckpt-9"))
+    target = _dense_model(4, seed=2)
+    assert checkpoints.restore_model_weights(target, prefix, "--checkpoint") == 11  # the saved step, not the name's
+    for restored, saved in zip(target.get_weights(), source.get_weights(), strict=True):
+        np.testing.assert_array_equal(restored, saved)
+
+    without_step = tf.train.Checkpoint(model=source).write(str(tmp_path / "ckpt-5"))
+    assert checkpoints.restore_model_weights(target, without_step, "--checkpoint") == 5
+    assert (
+        checkpoints.restore_model_weights(target, tf.train.Checkpoint(model=source).write(str(tmp_path / "w")), "x")
+        is None
+    )
+
+    with pytest.raises(UserInputError) as error:
+        checkpoints.restore_model_weights(_dense_model(6, seed=3), prefix, "--checkpoint", remedy="Use the right one.")
+    message = str(error.value)
+    assert message.startswith(f"--checkpoint: checkpoint {prefix} does not match the model being built")
+    assert "shape differs: model/layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE model [3, 6]" in message
+    # A weights-only restore leaves the step and the optimizer behind on purpose: they are not mismatches.
+    assert "global_step" not in message and "optimizer" not in message
+    assert message.endswith("Use the right one.")

@@ -221,19 +221,6 @@ def test_a_non_positive_continuous_timeout_is_a_config_error():
         EvalConfig(continuous_timeout_secs=0)
 
 
-def test_resolve_checkpoint_accepts_a_prefix_or_a_directory(tmp_path):
-    path = _save_checkpoint(str(tmp_path / "best"), 3)
-    with open(tmp_path / "best" / "checkpoint", "w") as f:
-        f.write('model_checkpoint_path: "ckpt-3"\n')
-    assert evaluation.resolve_checkpoint(path, "unused") == path
-    assert evaluation.resolve_checkpoint(str(tmp_path / "best"), "unused") == path
-    assert evaluation.resolve_checkpoint(None, str(tmp_path / "best")) == path
-    with pytest.raises(UserInputError, match="--checkpoint=.*expected a checkpoint prefix"):
-        evaluation.resolve_checkpoint(str(tmp_path / "nothing"), "unused")
-    with pytest.raises(UserInputError, match="--mode=eval: no checkpoint in"):
-        evaluation.resolve_checkpoint(None, str(tmp_path / "empty"))
-
-
 @pytest.mark.slow
 def test_eval_mode_evaluates_the_checkpoint_asked_for(tmp_path):
     data_dir = str(tmp_path / "data")

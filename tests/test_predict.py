@@ -12,6 +12,7 @@ import tf_keras as keras
 from tests.helpers import REPO_ROOT, one_device_strategy, parse_smoke_config
 from trainer import train_lib
 from trainer.common.errors import UserInputError
+from trainer.common.images import voc_palette
 from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.models import DeepLabV3Plus
 from trainer.serving import predict
@@ -81,7 +82,7 @@ def test_label_pngs_hold_the_saved_models_argmax_and_overlays_blend_the_palette(
         np.testing.assert_array_equal(label, expected)
         classes_seen |= set(np.unique(label))
         overlay = _decode(entry["overlay"]).numpy()
-        colours = predict.default_palette(NUM_CLASSES)[expected].astype(np.float32)
+        colours = voc_palette(NUM_CLASSES)[expected].astype(np.float32)
         np.testing.assert_array_equal(overlay, np.rint(0.5 * pixels.numpy() + 0.5 * colours).astype(np.uint8))
     assert len(classes_seen) > 1  # a non-trivial map: the comparison could have failed
     assert sorted(os.listdir(tmp_path / "out")) == [

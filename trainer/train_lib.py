@@ -38,6 +38,7 @@ from trainer.observe.profiler import ProfileWindow, parse_profile_steps
 from trainer.observe.progress import Progress
 from trainer.run_config import RunConfig
 from trainer.serving import exporter
+from trainer.storage import checkpoints
 from trainer.storage.checkpoints import Checkpointer
 
 OPERATIVE_CONFIG_FILE = loop_actions.OPERATIVE_CONFIG_FILE
@@ -183,22 +184,19 @@ def build_evaluator(context: RunContext) -> evaluation.Evaluator:
     )
 
 
-def _export(context: RunContext, checkpoint_only: bool) -> None:
-    """Exports the current weights (end of training) or the checkpoint `export.checkpoint` designates."""
+def _export(context: RunContext, step: int) -> None:
+    """Exports the model's current weights, those of training step `step` (every worker calls this)."""
     config = context.config
-    export_args = (context.info, config.input_pipeline, config.export, context.task)
-    if checkpoint_only:
-        exporter.export_checkpoint(
-            context.state.model, context.model_dir, *export_args, weights_context=context.state.averaged_weights
-        )
-    elif config.export.at_end_of_training:
-        exporter.export_model(
-            context.state.model,
-            context.model_dir,
-            context.step,
-            *export_args,
-            weights_context=context.state.averaged_weights,
-        )
+    exporter.export_model(
+        context.state.model,
+        context.model_dir,
+        step,
+        context.info,
+        config.input_pipeline,
+        config.export,
+        context.task,
+        weights_context=context.state.averaged_weights,
+    )
 
 
 def _train(context: RunContext, profile_steps: tuple[int, int] | None) -> dict | None:
@@ -221,7 +219,8 @@ def _train(context: RunContext, profile_steps: tuple[int, int] | None) -> dict |
                 return evaluator.evaluate(context.step, latest, export_best_from=latest)
 
             report = controller.train_and_evaluate(steps, context.config.evaluation.every_steps, evaluate)
-        _export(context, checkpoint_only=False)
+        if context.config.export.at_end_of_training:
+            _export(context, context.step)
         return report
     finally:
         controller.close()
@@ -232,7 +231,12 @@ def _evaluate(context: RunContext, checkpoint: str | None) -> dict | None:
     evaluator = build_evaluator(context)
     directory = context.checkpointer.directory
     if context.mode is Mode.EVAL:
-        path = evaluation.resolve_checkpoint(checkpoint, directory)
+        if checkpoint:
+            path = checkpoints.resolve_checkpoint(checkpoint, "--checkpoint")
+        else:
+            path = checkpoints.latest_checkpoint(
+                directory, "--mode=eval", "Train first, or pass --checkpoint=<prefix or directory>."
+            )
         step = context.checkpointer.restore(path)
         logging.info("Restored %s (step %d).", path, step)
         return evaluator.evaluate(step, path, None)
@@ -312,7 +316,8 @@ def run(
         if mode is not Mode.CONTINUOUS_EVAL:  # an evaluator beside a training job writes only eval/ and best/
             manifest.write_run_manifest(mode, model_dir, strategy, context.task, context.writers.train, context.step)
         if mode is Mode.EXPORT:
-            _export(context, checkpoint_only=True)
+            # Restores only the weights, of the checkpoint `export.checkpoint` designates.
+            _export(context, exporter.restore_checkpoint_to_export(context.state.model, model_dir, config.export))
             return None
         if mode in TRAINING_MODES:
             return _train(context, profile_window)

@@ -12,7 +12,7 @@ from tests.helpers import one_device_strategy, parse_smoke_config
 from trainer import train_lib
 from trainer.data.synthetic import synthetic_shapes
 from trainer.models import DeepLabV3Plus
-from trainer.serving import exporter
+from trainer.storage import checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,7 @@ class TrainedRun:
         self.parse_config()
         model = DeepLabV3Plus(num_classes=synthetic_shapes().num_classes)
         model(tf.zeros([1, 48, 48, 3]), training=False)
-        exporter.restore_weights(model, checkpoint or tf.train.latest_checkpoint(self.checkpoint_dir))
+        checkpoints.restore_model_weights(model, checkpoint or tf.train.latest_checkpoint(self.checkpoint_dir), "test")
         return model
 
     @property

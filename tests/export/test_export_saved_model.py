@@ -199,7 +199,7 @@ def test_export_without_a_checkpoint_is_a_config_error(trained_run, tmp_path):
     with pytest.raises(UserInputError, match=r"export.checkpoint='best'.*best, received none"):
         train_lib.run("export", trained_run.model_dir, strategy=one_device_strategy())
     trained_run.parse_config("export.checkpoint = 'newest'")
-    with pytest.raises(UserInputError, match=r"export.checkpoint: expected one of .*'best'\), received 'newest'"):
+    with pytest.raises(UserInputError, match=r"export.checkpoint: expected one of \{latest, best\}, received 'newest'"):
         train_lib.run("export", trained_run.model_dir, strategy=one_device_strategy())
 
 
@@ -223,6 +223,7 @@ def test_weights_context_decides_the_exported_weights(trained_run, tmp_path):
         step=7,
         info=synthetic_shapes(),
         input_pipeline=train_lib.InputPipeline(),
+        config=exporter.ExportConfig(),
         weights_context=favour_class_3,
     )
     assert result.saved_model_dir == str(tmp_path / "export" / "7") and result.tflite_files == {}
@@ -239,7 +240,12 @@ def test_a_mixed_precision_model_is_exported_in_float32(trained_run, validation,
         assert bfloat16_model.backbone.compute_dtype == "bfloat16"
         bfloat16_logits = _reference_logits(bfloat16_model, validation)
         result = exporter.export_model(
-            bfloat16_model, str(tmp_path), step=6, info=synthetic_shapes(), input_pipeline=train_lib.InputPipeline()
+            bfloat16_model,
+            str(tmp_path),
+            step=6,
+            info=synthetic_shapes(),
+            input_pipeline=train_lib.InputPipeline(),
+            config=exporter.ExportConfig(),
         )
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"  # restored after the export
     finally:

@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from absl import logging
 
 from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
+from trainer.common.files import write_atomically
 from trainer.core import eval_loop, metrics
 from trainer.core.config import EvalConfig
 from trainer.core.inference import InferenceConfig
@@ -28,8 +28,9 @@ from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.observe import summaries
 from trainer.observe.eval_images import EvalImages
+from trainer.storage import checkpoints
+from trainer.storage.checkpoints import BEST_SUBDIR
 
-BEST_SUBDIR = "best"
 BEST_INFO_FILE = "info.json"
 # Where continuous evaluation copies a checkpoint before reading it, so training may delete its own copy.
 _CANDIDATE_SUBDIR = ".candidate"
@@ -38,14 +39,6 @@ _CANDIDATE_SUBDIR = ".candidate"
 def report_path(model_dir: str, step: int) -> str:
     """The JSON report of the evaluation at `step`."""
     return os.path.join(model_dir, summaries.EVAL_SUBDIR, f"metrics_step_{step:08d}.json")
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Writes `text` to `path` through a temporary file and a rename, so readers never see half a file."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def _is_number(value: float | None) -> bool:
@@ -106,18 +99,10 @@ class BestCheckpoint:
             if self.info is not None:
                 logging.info("Best %s stays %.4f (step %d).", self.metric, self.info["value"], self.info["step"])
             return False
-        sources = tf.io.gfile.glob(f"{checkpoint_path}.*")
-        if not sources:
-            raise FileNotFoundError(f"Best checkpoint export: expected the files of {checkpoint_path}, found none.")
-        tf.io.gfile.makedirs(self.directory)
-        prefix = os.path.basename(checkpoint_path)
-        for source in sources:
-            target = os.path.join(self.directory, os.path.basename(source))
-            temporary = f"{target}.tmp-{os.getpid()}"
-            tf.io.gfile.copy(source, temporary, overwrite=True)
-            tf.io.gfile.rename(temporary, target, overwrite=True)
+        copy = checkpoints.copy_checkpoint(checkpoint_path, self.directory)
+        prefix = os.path.basename(copy)
         state = f'model_checkpoint_path: "{prefix}"\nall_model_checkpoint_paths: "{prefix}"\n'
-        _write_atomically(os.path.join(self.directory, "checkpoint"), state)
+        write_atomically(os.path.join(self.directory, "checkpoint"), state)
         self.info = {
             "step": report["step"],
             "metric": self.metric,
@@ -125,9 +110,14 @@ class BestCheckpoint:
             "checkpoint": prefix,
             "source": report["checkpoint"],
         }
-        _write_atomically(os.path.join(self.directory, BEST_INFO_FILE), json.dumps(self.info, indent=2) + "\n")
+        write_atomically(os.path.join(self.directory, BEST_INFO_FILE), json.dumps(self.info, indent=2) + "\n")
         # Only now that nothing points at them: the previous best's files and leftovers of interrupted copies.
-        keep = {"checkpoint", BEST_INFO_FILE, _CANDIDATE_SUBDIR, *(os.path.basename(s) for s in sources)}
+        keep = {
+            "checkpoint",
+            BEST_INFO_FILE,
+            _CANDIDATE_SUBDIR,
+            *(os.path.basename(f) for f in checkpoints.checkpoint_files(copy)),
+        }
         for name in tf.io.gfile.listdir(self.directory):
             if name.rstrip("/") not in keep:
                 tf.io.gfile.remove(os.path.join(self.directory, name))
@@ -230,7 +220,7 @@ class Evaluator:
         summaries.write_scalars(self.writer, scalars, step)
         path = report_path(self.model_dir, step)
         tf.io.gfile.makedirs(os.path.dirname(path))
-        _write_atomically(path, json.dumps(_json_ready(report), indent=2) + "\n")
+        write_atomically(path, json.dumps(_json_ready(report), indent=2) + "\n")
         if export_best_from is not None:
             self.best.update(report, export_best_from)
         return report
@@ -272,52 +262,6 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def resolve_checkpoint(checkpoint: str | None, checkpoint_dir: str) -> str:
-    """Returns the checkpoint prefix to evaluate: `checkpoint` (a prefix, or a directory: its latest) or the latest in
-    `checkpoint_dir`.
-
-    Raises:
-      UserInputError: if there is no such checkpoint.
-    """
-    if checkpoint is None:
-        path = tf.train.latest_checkpoint(checkpoint_dir)
-        if path is None:
-            raise UserInputError(
-                f"--mode=eval: no checkpoint in {checkpoint_dir} to evaluate. Train first, or pass "
-                "--checkpoint=<prefix or directory>."
-            )
-        return path
-    if tf.io.gfile.exists(f"{checkpoint}.index"):
-        return checkpoint
-    if tf.io.gfile.isdir(checkpoint):
-        path = tf.train.latest_checkpoint(checkpoint)
-        if path is not None:
-            return path
-    raise UserInputError(
-        f"--checkpoint={checkpoint}: expected a checkpoint prefix (e.g. model_dir/checkpoints/ckpt-500, with a "
-        "'.index' file next to it) or a directory with a 'checkpoint' state file (e.g. model_dir/best), "
-        "received a path that is neither."
-    )
-
-
-def _checkpoint_number(path: str) -> int | None:
-    match = re.search(r"-(\d+)$", path)
-    return int(match.group(1)) if match else None
-
-
-def _stage(checkpoint_path: str, directory: str) -> str:
-    """Copies a checkpoint's files into `directory` (emptied first); returns the copy's prefix."""
-    if tf.io.gfile.exists(directory):
-        tf.io.gfile.rmtree(directory)
-    tf.io.gfile.makedirs(directory)
-    sources = tf.io.gfile.glob(f"{checkpoint_path}.*")
-    if not sources:
-        raise tf.errors.NotFoundError(None, None, f"{checkpoint_path}: no checkpoint files")
-    for source in sources:
-        tf.io.gfile.copy(source, os.path.join(directory, os.path.basename(source)), overwrite=True)
-    return os.path.join(directory, os.path.basename(checkpoint_path))
-
-
 def continuous_evaluate(
     evaluator: Evaluator,
     restore: Callable[[str], int],
@@ -355,7 +299,7 @@ def continuous_evaluate(
         "Waiting for checkpoints in %s (up to %d s each) until step %d.", checkpoint_dir, timeout_secs, final_step
     )
     for path in tf.train.checkpoints_iterator(checkpoint_dir, timeout=timeout_secs):
-        number = _checkpoint_number(path)
+        number = checkpoints.checkpoint_step(path)
         saved = evaluator.saved_report(number) if number is not None else None
         if saved is not None:
             logging.info(
@@ -366,7 +310,7 @@ def continuous_evaluate(
             report, step = saved, number
         else:
             try:
-                staged = _stage(path, staging)
+                staged = checkpoints.copy_checkpoint(path, staging)
             except tf.errors.NotFoundError:
                 logging.warning(
                     "%s was deleted by the training job before it could be read (train.max_checkpoints_to_keep); "

@@ -10,6 +10,7 @@ import tf_keras as keras
 from absl import logging
 
 from trainer.common.errors import UserInputError
+from trainer.storage import checkpoints
 
 # Which sub-layers of DeepLabV3Plus each `parts` value restores, in the model's own attribute names.
 RESTORABLE_PARTS = {
@@ -17,8 +18,6 @@ RESTORABLE_PARTS = {
     "backbone+aspp": ("backbone", "aspp"),
     "all": ("backbone", "aspp", "decoder", "classifier"),
 }
-# The root name under which train_lib's `tf.train.Checkpoint(model=..., optimizer=..., global_step=...)` saves.
-CHECKPOINT_MODEL_KEY = "model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,39 +47,11 @@ def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fra
         matched layer's weights differ in count or shape, or too few layers match. Nothing is assigned then.
     """
     owner = "load_keras_applications_h5"
-    if not callable(getattr(backbone, "keras_application_layers", None)):
-        raise UserInputError(
-            f"{owner}: expected a backbone with a `keras_application_layers()` method (ResNet, MobileNetV2), "
-            f"received {type(backbone).__name__}; other backbones can only start from a checkpoint of this trainer"
-        )
-    if isinstance(min_matched_fraction, bool) or not isinstance(min_matched_fraction, int | float):
-        raise UserInputError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
-    if not 0 < min_matched_fraction <= 1:
-        raise UserInputError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
-    layers = backbone.keras_application_layers()
-    unbuilt = [name for name, layer in layers.items() if not layer.weights]
-    if unbuilt:
-        raise UserInputError(
-            f"{owner}: expected a built backbone (call it on an input first), "
-            f"received {type(backbone).__name__} {backbone.name!r} whose layers {unbuilt[:3]} have no weights yet"
-        )
+    layers = _keras_application_layers(owner, backbone, min_matched_fraction)
     if not os.path.isfile(path):
         raise UserInputError(f"{owner}: expected an existing .h5 weights file, received {path!r} (no such file)")
-
-    try:
-        with h5py.File(path, "r") as h5:
-            weights_group = h5["model_weights"] if "model_weights" in h5 else h5
-            file_layers = _layers_with_weights(weights_group)
-            if file_layers is None:
-                raise UserInputError(
-                    f"{owner}: expected a keras .h5 weights file with a `layer_names` attribute (at the root or "
-                    f"under `model_weights`), received {path!r} without one"
-                )
-            matched = tuple(name for name in layers if name in file_layers)
-            values = {name: _read_weights(weights_group[name], file_layers[name]) for name in matched}
-    except OSError as error:
-        raise UserInputError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
-
+    file_layers, values = _read_h5(owner, path, layers)
+    matched = tuple(values)
     for name in matched:
         _check_shapes(owner, path, name, layers[name], file_layers[name], values[name])
     if len(matched) < min_matched_fraction * len(layers):
@@ -89,7 +60,6 @@ def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fra
             f"{type(backbone).__name__} {backbone.name!r} in {path!r}, received {len(matched)} "
             f"({', '.join(matched[:5]) or 'none'}): is it the weights file of another architecture?"
         )
-
     for name in matched:
         layers[name].set_weights(values[name])
     report = LoadReport(
@@ -98,18 +68,7 @@ def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fra
         unused_in_file=tuple(name for name in file_layers if name not in layers),
         num_weights_loaded=sum(len(values[name]) for name in matched),
     )
-    logging.info(
-        "Loaded %d arrays into %d of %d layers of %s from %s.",
-        report.num_weights_loaded,
-        len(report.matched),
-        len(layers),
-        backbone.name,
-        path,
-    )
-    if report.missing_in_file:
-        logging.warning("Not in %s (left at their initialisation): %s", path, ", ".join(report.missing_in_file))
-    if report.unused_in_file:
-        logging.warning("In %s but not in %s (ignored): %s", path, backbone.name, ", ".join(report.unused_in_file))
+    _log_report(report, len(layers), backbone.name, path)
     return report
 
 
@@ -130,6 +89,83 @@ def restore_from_checkpoint(model: keras.Model, path: str, parts: str = "backbon
         missing from the checkpoint or does not match it variable for variable.
     """
     owner = "restore_from_checkpoint"
+    names = _restorable_parts(owner, model, parts)
+    prefix = checkpoints.resolve_checkpoint(path, owner)
+    if "classifier" in names and not _same_classifier(model, prefix):
+        names = tuple(name for name in names if name != "classifier")
+    # Only these parts are restored (as `model/<part>/...`, the names of the training checkpoint); the optimizer
+    # slots, the step and the other parts in the file are deliberately left behind.
+    remedy = (
+        f"Expected it to hold {', '.join(names)} of a model like {type(model).__name__} {model.name!r}, saved as "
+        f"`{checkpoints.MODEL_KEY}` of a tf.train.Checkpoint; init.checkpoint_parts chooses the parts."
+    )
+    try:
+        checkpoints.restore_model_weights(model, prefix, owner, parts=names, remedy=remedy)
+    except tf.errors.OpError as error:
+        raise UserInputError(f"{owner}: cannot read the checkpoint {prefix!r}: {error}") from error
+    logging.info("Restored %s of %s from %s.", ", ".join(names), model.name, prefix)
+    return names
+
+
+def _keras_application_layers(
+    owner: str, backbone: keras.Model, min_matched_fraction: float
+) -> dict[str, keras.layers.Layer]:
+    """The backbone's layers by keras.applications name, once the arguments are checked."""
+    if not callable(getattr(backbone, "keras_application_layers", None)):
+        raise UserInputError(
+            f"{owner}: expected a backbone with a `keras_application_layers()` method (ResNet, MobileNetV2), "
+            f"received {type(backbone).__name__}; other backbones can only start from a checkpoint of this trainer"
+        )
+    if isinstance(min_matched_fraction, bool) or not isinstance(min_matched_fraction, int | float):
+        raise UserInputError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
+    if not 0 < min_matched_fraction <= 1:
+        raise UserInputError(f"{owner}: expected `min_matched_fraction` in (0, 1], received {min_matched_fraction!r}")
+    layers = backbone.keras_application_layers()
+    unbuilt = [name for name, layer in layers.items() if not layer.weights]
+    if unbuilt:
+        raise UserInputError(
+            f"{owner}: expected a built backbone (call it on an input first), "
+            f"received {type(backbone).__name__} {backbone.name!r} whose layers {unbuilt[:3]} have no weights yet"
+        )
+    return layers
+
+
+def _read_h5(
+    owner: str, path: str, layers: dict[str, keras.layers.Layer]
+) -> tuple[dict[str, list[str]], dict[str, list[np.ndarray]]]:
+    """Reads the file's {layer: weight names} and the arrays of the `layers` it has, in the backbone's order."""
+    try:
+        with h5py.File(path, "r") as h5:
+            weights_group = h5["model_weights"] if "model_weights" in h5 else h5
+            file_layers = _layers_with_weights(weights_group)
+            if file_layers is None:
+                raise UserInputError(
+                    f"{owner}: expected a keras .h5 weights file with a `layer_names` attribute (at the root or "
+                    f"under `model_weights`), received {path!r} without one"
+                )
+            matched = [name for name in layers if name in file_layers]
+            return file_layers, {name: _read_weights(weights_group[name], file_layers[name]) for name in matched}
+    except OSError as error:
+        raise UserInputError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
+
+
+def _log_report(report: LoadReport, num_layers: int, backbone_name: str, path: str) -> None:
+    logging.info(
+        "Loaded %d arrays into %d of %d layers of %s from %s.",
+        report.num_weights_loaded,
+        len(report.matched),
+        num_layers,
+        backbone_name,
+        path,
+    )
+    if report.missing_in_file:
+        logging.warning("Not in %s (left at their initialisation): %s", path, ", ".join(report.missing_in_file))
+    if report.unused_in_file:
+        logging.warning("In %s but not in %s (ignored): %s", path, backbone_name, ", ".join(report.unused_in_file))
+
+
+def _restorable_parts(owner: str, model: keras.Model, parts: str) -> tuple[str, ...]:
+    """The sub-layer names `parts` designates, once the model is checked to have them built."""
     if parts not in RESTORABLE_PARTS:
         raise UserInputError(f"{owner}: expected `parts` in {tuple(RESTORABLE_PARTS)}, received {parts!r}")
     names = RESTORABLE_PARTS[parts]
@@ -146,36 +182,22 @@ def restore_from_checkpoint(model: keras.Model, path: str, parts: str = "backbon
                 f"{owner}: expected a built model (call it on an input first), "
                 f"received {type(model).__name__} {model.name!r} whose `{name}` has no weights yet"
             )
-    prefix = _checkpoint_prefix(owner, path)
-
-    if "classifier" in names:
-        saved_shape = _saved_shape(prefix, "classifier/kernel")
-        own_shape = tuple(model.classifier.kernel.shape)
-        if saved_shape is not None and saved_shape != own_shape:
-            logging.info(
-                "Classifier re-initialised: its kernel is %s here but %s in %s (another number of classes).",
-                own_shape,
-                saved_shape,
-                prefix,
-            )
-            names = tuple(name for name in names if name != "classifier")
-
-    # A partial object graph with the same names as train_lib's checkpoint (model/<part>/...) restores exactly
-    # these parts; optimizer slots, the step and the other parts in the file are deliberately left behind.
-    partial_model = tf.train.Checkpoint(**{name: getattr(model, name) for name in names})
-    partial = tf.train.Checkpoint(**{CHECKPOINT_MODEL_KEY: partial_model})
-    try:
-        status = partial.read(prefix)
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise UserInputError(
-            f"{owner}: expected {prefix!r} to hold {', '.join(names)} of a model like "
-            f"{type(model).__name__} {model.name!r} (saved as `{CHECKPOINT_MODEL_KEY}` of a tf.train.Checkpoint), "
-            f"but they did not match: {error}"
-        ) from error
-    status.expect_partial()
-    logging.info("Restored %s of %s from %s.", ", ".join(names), model.name, prefix)
     return names
+
+
+def _same_classifier(model: keras.Model, prefix: str) -> bool:
+    """False (and says so) when the checkpoint's classifier has another shape: another number of classes."""
+    saved_shape = _saved_shape(prefix, "classifier/kernel")
+    own_shape = tuple(model.classifier.kernel.shape)
+    if saved_shape is None or saved_shape == own_shape:
+        return True
+    logging.info(
+        "Classifier re-initialised: its kernel is %s here but %s in %s (another number of classes).",
+        own_shape,
+        saved_shape,
+        prefix,
+    )
+    return False
 
 
 def _layers_with_weights(group: h5py.Group) -> dict[str, list[str]] | None:
@@ -231,22 +253,8 @@ def _check_shapes(
             )
 
 
-def _checkpoint_prefix(owner: str, path: str) -> str:
-    """Resolves a checkpoint prefix, or a directory to its latest checkpoint; raises UserInputError if none."""
-    if tf.io.gfile.isdir(path):
-        prefix = tf.train.latest_checkpoint(path)
-        if prefix is None:
-            raise UserInputError(f"{owner}: expected a directory with a checkpoint, received {path!r} without one")
-        return prefix
-    if not tf.io.gfile.exists(f"{path}.index"):
-        raise UserInputError(
-            f"{owner}: expected a checkpoint prefix (with a `.index` file) or a directory, received {path!r}"
-        )
-    return path
-
-
 def _saved_shape(prefix: str, model_variable: str) -> tuple[int, ...] | None:
     """The shape saved for `model/<model_variable>` in the checkpoint, or None if it has none."""
-    key = f"{CHECKPOINT_MODEL_KEY}/{model_variable}/.ATTRIBUTES/VARIABLE_VALUE"
+    key = f"{checkpoints.MODEL_KEY}/{model_variable}/.ATTRIBUTES/VARIABLE_VALUE"
     shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     return tuple(shapes[key]) if key in shapes else None

@@ -8,7 +8,6 @@ Layout in the run directory:
 
 import contextlib
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterator
 
@@ -19,14 +18,16 @@ import tf_keras as keras
 from absl import logging
 
 from trainer.cluster.tasks import TaskInfo
+from trainer.common import validate
 from trainer.common.errors import UserInputError
+from trainer.common.files import write_atomically, write_json_atomically
+from trainer.common.images import to_uint8
 from trainer.data import schema
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 from trainer.serving import preprocessing, saved_model, tflite
+from trainer.storage import checkpoints
 
-BEST_SUBDIR = "best"
-CHECKPOINT_SUBDIR = "checkpoints"
 TFLITE_SUBDIR = "tflite"
 PARITY_FILE = "parity.json"
 CHECKPOINT_CHOICES = ("latest", "best")
@@ -35,11 +36,6 @@ _PAD_PIXEL = 128
 
 # Swaps other weights (e.g. EMA averages) into the model for the duration of the export.
 WeightsContext = Callable[[], contextlib.AbstractContextManager]
-
-
-def _check_positive(binding: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserInputError(f"gin binding export.{binding}: expected a positive int, received {value!r}.")
 
 
 @gin.configurable("export")
@@ -68,23 +64,15 @@ class ExportConfig:
     num_parity_images: int = 100
 
     def __post_init__(self):
-        if self.checkpoint not in CHECKPOINT_CHOICES:
-            raise UserInputError(
-                f"gin binding export.checkpoint: expected one of {CHECKPOINT_CHOICES}, received {self.checkpoint!r}."
-            )
+        validate.choice("gin binding export.checkpoint", self.checkpoint, CHECKPOINT_CHOICES)
         if self.size_multiple is not None:
-            _check_positive("size_multiple", self.size_multiple)
+            validate.positive_int("gin binding export.size_multiple", self.size_multiple)
         object.__setattr__(self, "tflite_quantizations", tflite.Quantization.parse_all(self.tflite_quantizations))
         if self.tflite_input_size is not None:
-            size = tuple(self.tflite_input_size)
-            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-                raise UserInputError(
-                    "gin binding export.tflite_input_size: expected (height, width) of positive ints, "
-                    f"received {self.tflite_input_size!r}."
-                )
+            size = validate.size_pair("gin binding export.tflite_input_size", self.tflite_input_size)
             object.__setattr__(self, "tflite_input_size", size)
-        _check_positive("num_calibration_images", self.num_calibration_images)
-        _check_positive("num_parity_images", self.num_parity_images)
+        validate.positive_int("gin binding export.num_calibration_images", self.num_calibration_images)
+        validate.positive_int("gin binding export.num_parity_images", self.num_parity_images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,42 +91,30 @@ def checkpoint_to_export(model_dir: str, which: str) -> str:
     Raises:
       UserInputError: if there is no such checkpoint.
     """
-    directory = os.path.join(model_dir, BEST_SUBDIR if which == "best" else CHECKPOINT_SUBDIR)
-    path = tf.train.latest_checkpoint(directory)
-    if path is None and which == "best":
-        # A best-checkpoint keeper may write one checkpoint without CheckpointManager's state file.
-        indexes = tf.io.gfile.glob(os.path.join(directory, "*.index"))
-        path = indexes[0][: -len(".index")] if len(indexes) == 1 else None
-    if path is None:
-        raise UserInputError(
-            f"--mode=export with export.checkpoint={which!r}: expected a checkpoint in {directory}, received "
-            f"none. Train first, or set the gin binding export.checkpoint to one of {CHECKPOINT_CHOICES}."
-        )
-    return path
+    subdir = checkpoints.BEST_SUBDIR if which == "best" else checkpoints.CHECKPOINT_SUBDIR
+    return checkpoints.latest_checkpoint(
+        os.path.join(model_dir, subdir),
+        f"--mode=export with export.checkpoint={which!r}",
+        f"Train first, or set the gin binding export.checkpoint to one of {CHECKPOINT_CHOICES}.",
+    )
 
 
-def restore_weights(model: keras.Model, path: str) -> int:
-    """Restores the model's weights (only) from the training checkpoint `path`; returns its training step.
+def restore_checkpoint_to_export(model: keras.Model, model_dir: str, config: ExportConfig) -> int:
+    """`--mode=export`: restores into `model` the weights of the checkpoint `config.checkpoint` designates.
+
+    Returns:
+      The checkpoint's training step.
 
     Raises:
-      UserInputError: if the checkpoint lacks weights of the model (a different model configuration).
+      UserInputError: there is no such checkpoint, it does not match the model, or its step is unknown.
     """
-    status = tf.train.Checkpoint(model=model).read(path).expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as error:
-        raise UserInputError(
-            f"--mode=export: the checkpoint {path} does not hold every weight of the configured model; expected "
-            f"the gin configuration it was trained with (model_dir/operative_config.gin). Details: {error}"
-        ) from None
-    reader = tf.train.load_checkpoint(path)
-    step_key = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
-    if reader.has_tensor(step_key):
-        return int(reader.get_tensor(step_key))
-    suffix = path.rsplit("-", 1)[-1]
-    if not suffix.isdigit():
-        raise UserInputError(f"--mode=export: expected a global_step in {path} or a -<step> suffix, received neither.")
-    return int(suffix)
+    path = checkpoint_to_export(model_dir, config.checkpoint)
+    what = f"--mode=export with export.checkpoint={config.checkpoint!r}"
+    step = checkpoints.restore_model_weights(model, path, what)
+    if step is None:
+        raise UserInputError(f"{what}: expected a global_step in {path} or a -<step> suffix, received neither.")
+    logging.info("Exporting %s (step %d).", path, step)
+    return step
 
 
 @contextlib.contextmanager
@@ -173,18 +149,6 @@ def _plain_copy(model: keras.Model, build_size: tuple[int, int], weights_context
     return copy
 
 
-def _write_bytes_atomically(path: str, content: bytes) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
-        f.write(content)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
-
-
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    """Inverts the input pipeline's normalisation: float32 in [-1, 1] → uint8."""
-    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def _fit(array: np.ndarray, size: tuple[int, int], pad_value: int) -> np.ndarray:
     """The top-left `size` window of `array` [H, W, ...], padded with `pad_value` where the array is smaller."""
     height, width = size
@@ -198,7 +162,7 @@ def calibration_images(
 ) -> list[np.ndarray]:
     """`count` augmented training crops from the input pipeline, as uint8 [1, H, W, 3] at `size`."""
     dataset = input_pipeline.train_dataset(info, global_batch_size=1).take(count)
-    return [_fit(_to_uint8(images.numpy()[0]), size, _PAD_PIXEL)[np.newaxis] for images, _ in dataset]
+    return [_fit(to_uint8(images.numpy()[0]), size, _PAD_PIXEL)[np.newaxis] for images, _ in dataset]
 
 
 def validation_images(info: DatasetInfo, size: tuple[int, int], count: int) -> tuple[np.ndarray, ...]:
@@ -245,7 +209,7 @@ def _export_tflite(
         )
         contents[quantization.value] = tflite.with_metadata(content, info.class_names, quantization, str(step))
         files[quantization.value] = os.path.join(directory, f"deeplab_{quantization.value}.tflite")
-        _write_bytes_atomically(files[quantization.value], contents[quantization.value])
+        write_atomically(files[quantization.value], contents[quantization.value])
         logging.info("Wrote %s (%d bytes).", files[quantization.value], len(contents[quantization.value]))
     images, labels, inside = validation_images(info, input_size, config.num_parity_images)
     report = {
@@ -257,7 +221,7 @@ def _export_tflite(
         **tflite.parity_report(saved_model_dir, contents, images, labels, inside, info.num_classes, info.ignore_label),
     }
     logging.info("%s", tflite.format_parity(report))
-    _write_bytes_atomically(os.path.join(directory, PARITY_FILE), json.dumps(report, indent=2).encode())
+    write_json_atomically(os.path.join(directory, PARITY_FILE), report)
     return files, report
 
 
@@ -267,7 +231,7 @@ def export_model(
     step: int,
     info: DatasetInfo,
     input_pipeline: InputPipeline,
-    config: ExportConfig | None = None,
+    config: ExportConfig,
     task: TaskInfo | None = None,
     weights_context: WeightsContext | None = None,
 ) -> ExportResult | None:
@@ -279,7 +243,7 @@ def export_model(
       step: the training step of the weights.
       info: the dataset (class names, validation files for the parity report).
       input_pipeline: its crop size is the default TFLite input size; it draws the int8 calibration images.
-      config: what to export; default: the gin-configured `export.*`.
+      config: what to export (`export.*`, built at the root).
       task: this process's role; only the chief writes (every worker must call, see `_plain_copy`).
       weights_context: returns a context manager in which the model holds the weights to export (e.g. EMA
         averages); None exports the weights as they are.
@@ -287,7 +251,6 @@ def export_model(
     Returns:
       Where everything went, on the chief; None on other workers.
     """
-    config = config or ExportConfig()
     copy = _plain_copy(model, tuple(input_pipeline.crop_size), weights_context)
     if task is not None and not task.is_chief:
         return None
@@ -299,20 +262,3 @@ def export_model(
             copy, model_dir, step, saved_model_dir, size_multiple, info, input_pipeline, config
         )
     return ExportResult(step=step, saved_model_dir=saved_model_dir, tflite_files=files, parity=report)
-
-
-def export_checkpoint(
-    model: keras.Model,
-    model_dir: str,
-    info: DatasetInfo,
-    input_pipeline: InputPipeline,
-    config: ExportConfig | None = None,
-    task: TaskInfo | None = None,
-    weights_context: WeightsContext | None = None,
-) -> ExportResult | None:
-    """`--mode=export`: restores the checkpoint `export.checkpoint` designates into `model` and exports it."""
-    config = config or ExportConfig()
-    path = checkpoint_to_export(model_dir, config.checkpoint)
-    step = restore_weights(model, path)
-    logging.info("Exporting %s (step %d).", path, step)
-    return export_model(model, model_dir, step, info, input_pipeline, config, task, weights_context)

@@ -25,13 +25,13 @@ from absl import app, flags, logging
 
 from trainer import train_lib  # train_lib also registers every configurable the config names
 from trainer.common.errors import UserInputError
-from trainer.core import evaluation
+from trainer.common.images import colorize, overlay, to_uint8_tensor, to_unit_range, voc_palette
 from trainer.core.config import parse_gin
 from trainer.core.inference import InferenceConfig, LogitsFn, predict_logits
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.models import DeepLabV3Plus
-from trainer.storage.checkpoints import CHECKPOINT_SUBDIR
+from trainer.storage import checkpoints
 
 # Weight of the class colours in the overlay.
 OVERLAY_ALPHA = 0.5
@@ -45,24 +45,6 @@ class Predictor:
     num_classes: int
     palette: np.ndarray  # uint8 [num_classes, 3]
     inference_config: InferenceConfig
-
-
-def default_palette(num_classes: int) -> np.ndarray:
-    """The PASCAL VOC colour map (class 0 black, then distinct colours): uint8 [num_classes, 3]."""
-    palette = np.zeros([num_classes, 3], np.uint8)
-    for index in range(num_classes):
-        value, colour = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        palette[index] = colour
-    return palette
-
-
-def _colorize(class_map: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Class ids [H, W] to RGB colours [H, W, 3] (uint8)."""
-    return palette[class_map]
 
 
 def _configured(binding: str, default: Callable) -> Callable:
@@ -105,42 +87,36 @@ def _from_saved_model(path: str, inference_config: InferenceConfig) -> Predictor
 
     def scores_fn(images: tf.Tensor) -> tf.Tensor:
         # The signature takes the uint8 pixels the [-1, 1] images came from (resized ones rounded back).
-        pixels = tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
+        pixels = to_uint8_tensor(images)
         # `loaded` owns the variables the signature reads; referencing it here keeps them alive.
         return loaded.signatures["serving_default"](images=pixels)["probabilities"]
 
     logging.info("Loaded the SavedModel %s (%d classes); the averaged scores are its probabilities.", path, num_classes)
-    return Predictor(scores_fn, int(num_classes), default_palette(num_classes), inference_config)
+    return Predictor(scores_fn, int(num_classes), voc_palette(num_classes), inference_config)
 
 
-def _from_model_dir(model_dir: str, checkpoint: str | None, inference_bindings: Callable[[], None]) -> Predictor:
-    gin.clear_config()
-    # Configurables a later version of the trainer records but this one lacks only matter to training.
-    gin.parse_config_file(os.path.join(model_dir, train_lib.OPERATIVE_CONFIG_FILE), skip_unknown=True)
-    inference_bindings()
+def _from_model_dir(
+    model_dir: str, checkpoint: str | None, inference_config: InferenceConfig, crop_size: tuple[int, int]
+) -> Predictor:
+    """Rebuilds the model the gin config (the model_dir's operative config) describes and restores it."""
     # The dataset description gives the class count and palette (synthetic_shapes regenerates its data if absent).
     info = _configured("run.dataset", synthetic_shapes)()
     model = _configured("run.model", DeepLabV3Plus)(num_classes=info.num_classes)
-    crop_size = InputPipeline().crop_size
     model(tf.zeros([1, *crop_size, 3]), training=False)
     if checkpoint is None:
-        checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_SUBDIR))
-        if checkpoint is None:
-            raise UserInputError(
-                f"--model={model_dir}: expected a checkpoint in {os.path.join(model_dir, CHECKPOINT_SUBDIR)}, found "
-                "none. Train first, or pass --checkpoint."
-            )
+        directory = os.path.join(model_dir, checkpoints.CHECKPOINT_SUBDIR)
+        prefix = checkpoints.latest_checkpoint(directory, f"--model={model_dir}", "Train first, or pass --checkpoint.")
     else:
-        checkpoint = evaluation.resolve_checkpoint(checkpoint, model_dir)
-    tf.train.Checkpoint(model=model).restore(checkpoint).assert_existing_objects_matched().expect_partial()
-    logging.info("Restored %s into %s (%d classes).", checkpoint, type(model).__name__, info.num_classes)
+        prefix = checkpoints.resolve_checkpoint(checkpoint, "--checkpoint")
+    checkpoints.restore_model_weights(model, prefix, f"--model={model_dir}")
+    logging.info("Restored %s into %s (%d classes).", prefix, type(model).__name__, info.num_classes)
     palette = getattr(info, "palette", None)
-    palette = default_palette(info.num_classes) if palette is None else np.asarray(palette, np.uint8)
+    palette = voc_palette(info.num_classes) if palette is None else np.asarray(palette, np.uint8)
     return Predictor(
         lambda images: model(images, training=False),
         info.num_classes,
         palette,
-        InferenceConfig().with_default_crop(crop_size),
+        inference_config.with_default_crop(crop_size),
     )
 
 
@@ -152,29 +128,29 @@ def load_predictor(
 ) -> Predictor:
     """Loads `model` (a SavedModel, a directory of numbered exports, or a training model_dir) for prediction.
 
-    Resets gin: a model_dir's operative config is parsed first, then `gin_files` and `gin_bindings` (for the
-    `inference.*` settings).
+    Prediction's root: it resets gin, parses a model_dir's operative config first, then `gin_files` and
+    `gin_bindings` (for the `inference.*` settings), and builds the configs from them here, once.
 
     Raises:
       UserInputError: if `model` is none of these, or has no checkpoint.
     """
-
-    def inference_bindings() -> None:
-        parse_gin(gin_files, gin_bindings)
-
-    if checkpoint is None:
-        saved_model = _newest_export(model)
-        if saved_model is not None:
-            gin.clear_config()
-            inference_bindings()
-            return _from_saved_model(saved_model, InferenceConfig())
-    if tf.io.gfile.exists(os.path.join(model, train_lib.OPERATIVE_CONFIG_FILE)):
-        return _from_model_dir(model, checkpoint, inference_bindings)
-    raise UserInputError(
-        f"--model={model}: expected a SavedModel directory (with saved_model.pb), a directory of numbered exports, "
-        f"or a training model_dir (with {train_lib.OPERATIVE_CONFIG_FILE}; --checkpoint needs one), received "
-        "neither."
-    )
+    saved_model = _newest_export(model) if checkpoint is None else None
+    operative_config = os.path.join(model, train_lib.OPERATIVE_CONFIG_FILE)
+    if saved_model is None and not tf.io.gfile.exists(operative_config):
+        raise UserInputError(
+            f"--model={model}: expected a SavedModel directory (with saved_model.pb), a directory of numbered "
+            f"exports, or a training model_dir (with {train_lib.OPERATIVE_CONFIG_FILE}; --checkpoint needs one), "
+            "received neither."
+        )
+    gin.clear_config()
+    if saved_model is None:
+        # Configurables a later version of the trainer records but this one lacks only matter to training.
+        gin.parse_config_file(operative_config, skip_unknown=True)
+    parse_gin(gin_files, gin_bindings)
+    inference_config = InferenceConfig()
+    if saved_model is not None:
+        return _from_saved_model(saved_model, inference_config)
+    return _from_model_dir(model, checkpoint, inference_config, tuple(InputPipeline().crop_size))
 
 
 def _output_stems(image_paths: Sequence[str]) -> list[str]:
@@ -202,7 +178,7 @@ def predict_images(predictor: Predictor, image_paths: Sequence[str], output_dir:
     # Traced once per image size: the inference modes need a static height and width.
     @tf.function
     def class_map_fn(pixels: tf.Tensor) -> tf.Tensor:
-        images = tf.cast(pixels, tf.float32)[tf.newaxis] / 127.5 - 1.0
+        images = to_unit_range(pixels)[tf.newaxis]
         scores = predict_logits(predictor.scores_fn, images, predictor.num_classes, predictor.inference_config)
         return tf.argmax(scores[0], axis=-1, output_type=tf.int32)
 
@@ -214,9 +190,8 @@ def predict_images(predictor: Predictor, image_paths: Sequence[str], output_dir:
         label_path = os.path.join(output_dir, f"{stem}_label.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
         tf.io.write_file(label_path, tf.io.encode_png(tf.cast(class_map, label_dtype)[..., tf.newaxis]))
-        colours = _colorize(class_map.numpy(), predictor.palette).astype(np.float32)
-        overlay = np.rint((1 - OVERLAY_ALPHA) * pixels.numpy() + OVERLAY_ALPHA * colours).astype(np.uint8)
-        tf.io.write_file(overlay_path, tf.io.encode_png(overlay))
+        blended = overlay(pixels.numpy(), colorize(class_map.numpy(), predictor.palette), OVERLAY_ALPHA)
+        tf.io.write_file(overlay_path, tf.io.encode_png(blended))
         written.append({"image": path, "label": label_path, "overlay": overlay_path})
         logging.info("%s -> %s, %s", path, label_path, overlay_path)
     return written

@@ -9,6 +9,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common.errors import UserInputError
+from trainer.common.images import to_unit_range
 from trainer.models.layers import spatial_size
 
 CLASS_MAP = "class_map"
@@ -33,11 +34,6 @@ def size_multiple(model: keras.Model) -> int:
     return stride
 
 
-def normalize(images: tf.Tensor) -> tf.Tensor:
-    """uint8 [N, H, W, 3] → float32 in [-1, 1], as the training input pipeline does."""
-    return tf.cast(images, tf.float32) / 127.5 - 1.0
-
-
 def _round_up(value: "int | tf.Tensor", multiple: int) -> "int | tf.Tensor":
     # Works on Python ints (static shapes stay static, which TFLite wants) and on scalar tensors alike.
     return (value + multiple - 1) // multiple * multiple
@@ -48,7 +44,7 @@ def segment_logits(model: keras.Model, images: tf.Tensor, multiple: int) -> tf.T
     height, width = spatial_size(images)
     pad_height = _round_up(height, multiple) - height
     pad_width = _round_up(width, multiple) - width
-    padded = tf.pad(normalize(images), [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
+    padded = tf.pad(to_unit_range(images), [[0, 0], [0, pad_height], [0, pad_width], [0, 0]])
     logits = model(padded, training=False)
     return tf.cast(logits, tf.float32)[:, :height, :width, :]
 
