@@ -76,7 +76,7 @@ def test_second_run_resumes_at_the_saved_step(data_dir, tmp_path):
 
 def test_eval_mode_needs_a_checkpoint(data_dir, tmp_path):
     parse_smoke_config(data_dir)
-    with pytest.raises(UserInputError, match="no checkpoint"):
+    with pytest.raises(UserInputError, match=r"--mode=eval: expected a checkpoint in .*, received none"):
         train_lib.run("eval", str(tmp_path / "empty"), strategy=_one_device())
 
 

@@ -128,6 +128,7 @@ def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> T
         options,
         ema=state.ema,
         summary_every=train.summary_every,
+        summary_writer=context.writers.train,
         batches=batches,
         train_files=context.info.train_files,
     )

@@ -4,6 +4,7 @@ The inner step (`ReplicaStep`, what one replica does with one batch) is separate
 many steps run per `tf.function` call); the loop takes its step count as a tensor, so it never retraces.
 """
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -33,8 +34,8 @@ class Trainer:
     `cross_entropy`, `l2_regularization`, `gradient_norm` (means over the steps run; the norm is the global one,
     before clipping), `learning_rate` (at the last step), `weight_norm` (after it), `loss_scale` (mixed_float16
     only), and `all_finite`, `nonfinite_step` (global step of the first non-finite step, -1 if none) and `steps`.
-    With `summary_every` > 0 the loop also records `per_step/<name>` scalars into the default summary writer at
-    every step that is a multiple of it.
+    With `summary_every` > 0 the loop also records `per_step/<name>` scalars at every step that is a multiple of
+    it, into `summary_writer` (`train` calls) or the default writer (direct `loop` calls).
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Trainer:
         *,
         ema: ExponentialMovingAverage | None = None,
         summary_every: int = 0,
+        summary_writer: tf.summary.SummaryWriter | None = None,
         batches: Callable[[], Iterator] | None = None,
         train_files: Sequence[str] = (),
     ):
@@ -58,6 +60,7 @@ class Trainer:
         self.ema = ema
         self._replica_step = ReplicaStep(model, optimizer, loss, options, global_step, ema)
         self._summary_every = summary_every
+        self._summary_writer = summary_writer
         self._make_batches = batches
         self._batches: Iterator | None = None
         self._train_files = tuple(train_files)
@@ -77,8 +80,11 @@ class Trainer:
         if self._batches is None:
             # Made on first use, after any restore, so a resumed run starts its stream at the restored step.
             self._batches = self._make_batches()
+        # The per-step summaries (`summary_every`) go to the default writer while the loop runs.
+        writing = self._summary_writer.as_default() if self._summary_writer is not None else contextlib.nullcontext()
         try:
-            outputs = self.loop(self._batches, tf.constant(num_steps, tf.int32))
+            with writing:
+                outputs = self.loop(self._batches, tf.constant(num_steps, tf.int32))
         except tf.errors.OpError as error:
             explanation = integrity.explain_input_error(error, self._train_files, "train")
             if explanation is None:
