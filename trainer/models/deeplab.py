@@ -95,21 +95,18 @@ class _DeepLab(BatchNormOwner, keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments, with the backbone serialised."""
-        config = super().get_config()
-        config.update(
-            {
-                "name": self.name,
-                "trainable": self.trainable,
-                "num_classes": self.num_classes,
-                "backbone": keras.layers.serialize(self.backbone),
-                "aspp_filters": self.aspp_filters,
-                "aspp_rates": self.aspp_rates,
-                "aspp_dropout_rate": self.aspp_dropout_rate,
-                "aspp_pool_size": self.aspp_pool_size,
-                "separable_convs": self.separable_convs,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "name": self.name,
+            "trainable": self.trainable,
+            "num_classes": self.num_classes,
+            "backbone": keras.layers.serialize(self.backbone),
+            "aspp_filters": self.aspp_filters,
+            "aspp_rates": self.aspp_rates,
+            "aspp_dropout_rate": self.aspp_dropout_rate,
+            "aspp_pool_size": self.aspp_pool_size,
+            "separable_convs": self.separable_convs,
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "_DeepLab":

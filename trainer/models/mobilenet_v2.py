@@ -239,14 +239,11 @@ class MobileNetV2(BatchNormOwner, keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
-        config = super().get_config()
-        config.update(
-            {
-                "name": self.name,
-                "trainable": self.trainable,
-                "output_stride": self.output_stride,
-                "width_multiplier": self.width_multiplier,
-                "include_final_conv": self.include_final_conv,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "name": self.name,
+            "trainable": self.trainable,
+            "output_stride": self.output_stride,
+            "width_multiplier": self.width_multiplier,
+            "include_final_conv": self.include_final_conv,
+        }

@@ -211,20 +211,17 @@ class ResNet(BatchNormOwner, keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
-        config = super().get_config()
-        config.update(
-            {
-                "name": self.name,
-                "trainable": self.trainable,
-                "block_depths": self.block_depths,
-                "base_filters": self.base_filters,
-                "output_stride": self.output_stride,
-                "multi_grid": self.multi_grid,
-                "stem": self.stem,
-                "caffe_preprocessing": self.caffe_preprocessing,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "name": self.name,
+            "trainable": self.trainable,
+            "block_depths": self.block_depths,
+            "base_filters": self.base_filters,
+            "output_stride": self.output_stride,
+            "multi_grid": self.multi_grid,
+            "stem": self.stem,
+            "caffe_preprocessing": self.caffe_preprocessing,
+        }
 
 
 def _stem_convs(stem: str, base_filters: int) -> list[ConvBNReLU]:

@@ -188,17 +188,14 @@ class Xception65(BatchNormOwner, keras.Model):
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
-        config = super().get_config()
-        config.update(
-            {
-                "name": self.name,
-                "trainable": self.trainable,
-                "output_stride": self.output_stride,
-                "width_multiplier": self.width_multiplier,
-                "middle_flow_blocks": self.middle_flow_blocks,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "name": self.name,
+            "trainable": self.trainable,
+            "output_stride": self.output_stride,
+            "width_multiplier": self.width_multiplier,
+            "middle_flow_blocks": self.middle_flow_blocks,
+        }
 
 
 def _block_strides_and_dilations(block_strides: Sequence[int], output_stride: int) -> list[tuple[int, int]]:
