@@ -9,6 +9,7 @@ import tf_keras as keras
 from tests.helpers import one_device_strategy, scalar_events, tiny_deeplab
 from trainer.common.errors import UserInputError
 from trainer.core import loop, losses, optim
+from trainer.models import BatchNormConfig, configure_batch_norm
 
 NUM_CLASSES = 3
 SIZE = 32
@@ -33,6 +34,7 @@ def _build(strategy, initial_weights=None, **optimizer_args):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = tiny_deeplab(NUM_CLASSES)
+        configure_batch_norm(model, BatchNormConfig())
         model(tf.zeros([1, SIZE, SIZE, 3]))
         if initial_weights is not None:
             model.set_weights(initial_weights)
