@@ -15,7 +15,7 @@ import tf_keras as keras
 from tests.helpers import make_train_loop, mirrored_strategy, one_device_strategy
 from trainer.core import losses, optim
 from trainer.core.ema import ExponentialMovingAverage
-from trainer.models import DeepLabV3Plus, ResNet
+from trainer.models import BatchNormConfig, DeepLabV3Plus, ResNet, configure_batch_norm
 
 NUM_CLASSES = 4
 GLOBAL_BATCH = 4
@@ -71,6 +71,7 @@ def _train(strategy, initial_weights, options=PLAIN, accumulation=1):
             low_level_filters=4,
             decoder_filters=8,
         )
+        configure_batch_norm(model, BatchNormConfig())
         model(tf.zeros([1, 32, 32, 3]))
         if initial_weights is not None:
             model.set_weights(initial_weights)

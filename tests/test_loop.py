@@ -10,6 +10,7 @@ from tests.helpers import make_train_loop, one_device_strategy, scalar_events, t
 from trainer.common.errors import UserInputError
 from trainer.core import losses, optim
 from trainer.core.config import TrainConfig
+from trainer.models import BatchNormConfig, configure_batch_norm
 
 pytestmark = pytest.mark.usefixtures("clear_gin")
 
@@ -29,6 +30,7 @@ def _build(strategy, initial_weights=None, **optimizer_args):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = tiny_deeplab(NUM_CLASSES)
+        configure_batch_norm(model, BatchNormConfig())
         model(tf.zeros([1, SIZE, SIZE, 3]))
         if initial_weights is not None:
             model.set_weights(initial_weights)

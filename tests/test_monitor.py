@@ -23,7 +23,7 @@ def _tiny_model(precision_name: str = "float32"):
 
 
 def _counting_loop(strategy):
-    """A stand-in for the train loop: `next(iterator)` inside a tf.function over tf.range, like the Trainer's host loop."""
+    """A stand-in for the train loop: `next(iterator)` inside a tf.function over tf.range, like the host loop."""
 
     @tf.function
     def train_loop(iterator, num_steps):

@@ -12,13 +12,14 @@ from trainer.core.initialization import InitConfig
 from trainer.core.losses import SegmentationLoss
 from trainer.core.optim import OptimizerConfig
 from trainer.data.pipeline import InputPipeline
+from trainer.models.batch_norm import BatchNormConfig
 from trainer.observe.config import ObserveConfig
 from trainer.serving.exporter import ExportConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """The settings of one run, by gin name: `train`, `evaluation`, `optimizer`, `loss`, `inference`, …"""
+    """The settings of one run, by gin name: `train`, `evaluation`, `optimizer`, `loss`, `batch_norm`, …"""
 
     train: TrainConfig
     evaluation: EvalConfig
@@ -29,6 +30,7 @@ class RunConfig:
     init: InitConfig
     export: ExportConfig
     input_pipeline: InputPipeline
+    batch_norm: BatchNormConfig
 
     @classmethod
     def from_gin(cls, **given: object) -> "RunConfig":
@@ -47,4 +49,5 @@ _PART_TYPES = {
     "init": InitConfig,
     "export": ExportConfig,
     "input_pipeline": InputPipeline,
+    "batch_norm": BatchNormConfig,
 }

@@ -86,6 +86,7 @@ def build_context(
         config.input_pipeline.crop_size,
         train,
         config.optimizer if mode in TRAINING_MODES else None,
+        config.batch_norm,
     )
     streams = [summaries.TRAIN_SUBDIR] if mode in TRAINING_MODES else []
     streams += [summaries.EVAL_SUBDIR] if mode in EVALUATING_MODES else []

@@ -149,7 +149,12 @@ def _build_trainer(
     keras.backend.clear_session()
     keras.utils.set_random_seed(train_config.seed)
     state = build_model_state(
-        strategy, lambda: build_configured_model(num_classes), (crop, crop), train_config, config.optimizer
+        strategy,
+        lambda: build_configured_model(num_classes),
+        (crop, crop),
+        train_config,
+        config.optimizer,
+        config.batch_norm,
     )
     rng = np.random.default_rng(0)
     per_replica = train_config.global_batch_size // strategy.num_replicas_in_sync

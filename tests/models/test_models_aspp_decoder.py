@@ -48,7 +48,7 @@ def test_aspp_config_and_validation():
     assert ASPP.from_config(config).get_config() == config
     with pytest.raises(ValueError, match=r"expected `dropout_rate` in \[0, 1\), received 1.5"):
         ASPP(dropout_rate=1.5)
-    with pytest.raises(ValueError, match=r"expected `atrous_rates\[...\]` to be a positive int, received 0"):
+    with pytest.raises(ValueError, match=r"ASPP.atrous_rates\[1\]: expected a positive integer, received 0"):
         ASPP(atrous_rates=(6, 0, 18))
 
 
@@ -62,5 +62,5 @@ def test_decoder_fuses_at_low_level_resolution():
     config = decoder.get_config()
     assert (config["low_level_filters"], config["filters"]) == (4, 6)
     assert Decoder.from_config(config).get_config() == config
-    with pytest.raises(ValueError, match="expected `filters` to be a positive int, received -2"):
+    with pytest.raises(ValueError, match=r"Decoder.filters: expected a positive integer, received -2"):
         Decoder(filters=-2)

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import mirrored_strategy
-from trainer.models import DeepLabV3Plus, ResNet
+from trainer.models import BatchNormConfig, DeepLabV3Plus, ResNet, configure_batch_norm
 
 TINY_HEAD = {"aspp_filters": 16, "decoder_filters": 16, "low_level_filters": 8}
 
@@ -91,14 +91,16 @@ def test_gin_sync_batch_norm_reaches_every_bn():
     assert not any(bn.synchronized for bn in _batch_norms(tiny_model()))
     gin.bind_parameter("batch_norm.sync", True)
     model = tiny_model()
-    norms = _batch_norms(model)
     # stem 1 + 4 blocks × 4 + ASPP 6 + decoder 3
+    assert configure_batch_norm(model, BatchNormConfig()) == 26
+    norms = _batch_norms(model)
     assert len(norms) == 26
     assert all(bn.synchronized for bn in norms)
 
     strategy = mirrored_strategy()
     with strategy.scope():
         model = tiny_model()
+        configure_batch_norm(model, BatchNormConfig())
     images = tf.random.normal([4, 32, 32, 3])
     dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(images).batch(4))
     per_replica = strategy.run(tf.function(lambda x: model(x, training=True)), args=(next(iter(dataset)),))
@@ -129,7 +131,7 @@ def test_config_round_trip():
     [
         ({"num_classes": 1}, r"expected `num_classes` to be an int >= 2, received 1 \(of type int\)"),
         ({"num_classes": 3.0}, r"expected `num_classes` to be an int >= 2, received 3.0 \(of type float\)"),
-        ({"num_classes": 3, "aspp_filters": 0}, r"expected `aspp_filters` to be a positive int, received 0"),
+        ({"num_classes": 3, "aspp_filters": 0}, r"DeepLabV3Plus.aspp_filters: expected a positive integer, received 0"),
         ({"num_classes": 3, "backbone": "resnet50"}, r"expected `backbone` to be a keras Model"),
     ],
 )

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.models import ASPP, DeepLabV3, DeepLabV3Plus, ResNet, SeparableConvBNReLU
+from trainer.models import (
+    ASPP,
+    BatchNormConfig,
+    DeepLabV3,
+    DeepLabV3Plus,
+    ResNet,
+    SeparableConvBNReLU,
+    configure_batch_norm,
+)
 from trainer.models.deeplab import default_aspp_rates
 
 TINY_HEAD = {"aspp_filters": 8, "low_level_filters": 4, "decoder_filters": 8, "aspp_dropout_rate": 0.0}
@@ -80,12 +88,13 @@ def test_frozen_batch_norm_statistics_stay_put_while_gamma_and_beta_train():
     gin.bind_parameter("batch_norm.freeze_statistics", True)
     try:
         model = DeepLabV3Plus(3, backbone=_tiny_backbone(), **TINY_HEAD)
+        configure_batch_norm(model, BatchNormConfig())
         images = tf.random.stateless_normal([2, 32, 32, 3], seed=[1, 2])
         model(images)
     finally:
         gin.clear_config()
-    norms = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    assert norms and all(type(layer).__name__ == "FrozenStatisticsBatchNormalization" for layer in norms)
+    norms = [layer for layer in model.submodules if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.freeze_statistics for layer in norms)
     np.testing.assert_allclose(model(images, training=True), model(images, training=False), atol=1e-6)
     moving_before = [layer.moving_mean.numpy().copy() for layer in norms]
     gamma_before = [layer.gamma.numpy().copy() for layer in norms]

@@ -1,4 +1,4 @@
-"""Tests for trainer/models/layers.py: the single BN factory, ConvBNReLU and the resize helpers."""
+"""Tests for trainer/models/layers.py: ConvBNReLU and the resize helpers."""
 
 import gin
 import numpy as np
@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.models.layers import ConvBNReLU, batch_norm, resize_bilinear, spatial_size
+from trainer.models.batch_norm import BatchNorm, BatchNormConfig, configure_batch_norm
+from trainer.models.layers import ConvBNReLU, resize_bilinear, spatial_size
 
 
 @pytest.fixture(autouse=True)
@@ -16,14 +17,15 @@ def clean_gin():
     gin.clear_config()
 
 
-def test_batch_norm_defaults_and_gin_bindings():
-    default = batch_norm(name="bn")
-    assert isinstance(default, keras.layers.BatchNormalization)
+def test_conv_bn_relu_batch_norm_defaults_and_configured_values():
+    default = ConvBNReLU(4, 1, name="bn").bn
+    assert isinstance(default, BatchNorm) and isinstance(default, keras.layers.BatchNormalization)
     assert (default.synchronized, default.momentum, default.epsilon) == (False, 0.99, 1e-3)
 
     gin.parse_config("batch_norm.sync = True\nbatch_norm.momentum = 0.9997\nbatch_norm.epsilon = 1e-5")
-    configured = batch_norm()
-    assert (configured.synchronized, configured.momentum, configured.epsilon) == (True, 0.9997, 1e-5)
+    layer = ConvBNReLU(4, 1, bn_epsilon=1.001e-5)
+    assert configure_batch_norm(layer, BatchNormConfig()) == 1
+    assert (layer.bn.synchronized, layer.bn.momentum, layer.bn.epsilon) == (True, 0.9997, 1e-5)
 
 
 def test_conv_bn_relu_shapes_and_activation():
@@ -52,7 +54,9 @@ def test_conv_bn_relu_rejects_stride_with_dilation():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.0, True, "8"])
 def test_conv_bn_relu_rejects_bad_filters(bad):
-    with pytest.raises(ValueError, match="expected `filters` to be a positive int, received"):
+    with pytest.raises(
+        ValueError, match=r"ConvBNReLU\('conv_bn_re_lu.*'\)\.filters: expected a positive integer, received"
+    ):
         ConvBNReLU(bad, 3)
 
 

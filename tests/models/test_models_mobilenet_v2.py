@@ -186,9 +186,9 @@ def test_xla_forward_and_gradient():
     "kwargs, message",
     [
         ({"output_stride": 4}, r"expected `output_stride` in \(8, 16, 32\), received 4"),
-        ({"width_multiplier": 0.0}, r"expected `width_multiplier` to be a positive number, received 0.0"),
-        ({"width_multiplier": "1.0"}, r"expected `width_multiplier` to be a positive number, received '1.0'"),
-        ({"include_final_conv": "false"}, r"expected `include_final_conv` to be a bool, received 'false'"),
+        ({"width_multiplier": 0.0}, r"MobileNetV2.width_multiplier: expected a positive number, received 0.0"),
+        ({"width_multiplier": "1.0"}, r"MobileNetV2.width_multiplier: expected a positive number, received '1.0'"),
+        ({"include_final_conv": "false"}, r"MobileNetV2.include_final_conv: expected True or False, received 'false'"),
     ],
 )
 def test_invalid_arguments_raise_config_errors(kwargs, message):

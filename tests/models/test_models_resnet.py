@@ -138,12 +138,15 @@ def test_bottleneck_projection_and_identity():
     "kwargs, message",
     [
         ({"output_stride": 4}, r"expected `output_stride` in \(8, 16, 32\), received 4"),
-        ({"block_depths": (1, 1, 1)}, r"expected `block_depths` to have 4 entries"),
-        ({"block_depths": (1, 0, 1, 1)}, r"expected `block_depths\[...\]` to be a positive int, received 0"),
-        ({"base_filters": 0}, r"expected `base_filters` to be a positive int, received 0"),
-        ({"multi_grid": ()}, r"expected `multi_grid` to be a non-empty sequence"),
+        (
+            {"block_depths": (1, 1, 1)},
+            r"ResNet.block_depths: expected 4 entries \(one per stage\), received \(1, 1, 1\)",
+        ),
+        ({"block_depths": (1, 0, 1, 1)}, r"ResNet.block_depths\[1\]: expected a positive integer, received 0"),
+        ({"base_filters": 0}, r"ResNet.base_filters: expected a positive integer, received 0"),
+        ({"multi_grid": ()}, r"ResNet.multi_grid: expected a non-empty sequence"),
         ({"output_stride": 32, "multi_grid": (2, 4)}, r"expected multi_grid\[0\] == 1"),
-        ({"stem": "v2"}, r"expected `stem` in \('v1', 'beta'\), received 'v2'"),
+        ({"stem": "v2"}, r"ResNet.stem: expected one of \{v1, beta\}, received 'v2'"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):

@@ -12,6 +12,11 @@ def to_unit_range(pixels: tf.Tensor) -> tf.Tensor:
     return tf.cast(pixels, tf.float32) / 127.5 - 1.0
 
 
+def to_pixel_range(images: tf.Tensor) -> tf.Tensor:
+    """Float images in [-1, 1] to float32 0-255 pixels, unrounded: the exact inverse of `to_unit_range`."""
+    return (tf.cast(images, tf.float32) + 1.0) * 127.5
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float images in [-1, 1] to uint8 pixels (rounded, clipped); the inverse of `to_unit_range`."""
     return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

@@ -11,6 +11,7 @@ from trainer.core import ema as ema_lib
 from trainer.core import optim, precision
 from trainer.core.config import TrainConfig
 from trainer.core.trainer import new_global_step
+from trainer.models.batch_norm import BatchNormConfig, configure_batch_norm
 
 
 @dataclasses.dataclass
@@ -34,14 +35,17 @@ def build_model_state(
     input_size: tuple[int, int],
     train_config: TrainConfig,
     optimizer_config: optim.OptimizerConfig | None,
+    batch_norm: BatchNormConfig,
 ) -> ModelState:
     """Builds the model (and, given `optimizer_config`, its optimizer) in the strategy's scope and dtype policy.
 
-    `train_config.precision` must be filled in (see `TrainConfig.with_defaults`).
+    `batch_norm` reaches every batch-norm layer before the model is built. `train_config.precision` must be
+    filled in (see `TrainConfig.with_defaults`).
     """
     # The dtype policy must be in force while the layers are constructed (they keep it).
     with strategy.scope(), precision.policy_scope(train_config.precision):
         model = model_fn()
+        configure_batch_norm(model, batch_norm)
         model(tf.zeros([1, *input_size, 3]), training=False)
         optimizer = None
         if optimizer_config is not None:

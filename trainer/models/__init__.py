@@ -2,10 +2,11 @@
 shared building blocks."""
 
 from trainer.models.aspp import ASPP
+from trainer.models.batch_norm import BatchNorm, BatchNormConfig, configure_batch_norm
 from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
 from trainer.models.hub_backbone import HubBackbone
-from trainer.models.layers import ConvBNReLU, batch_norm
+from trainer.models.layers import ConvBNReLU
 from trainer.models.mobilenet_v2 import MobileNetV2
 from trainer.models.resnet import BottleneckBlock, ResNet
 from trainer.models.separable import SeparableConvBNReLU
@@ -13,6 +14,8 @@ from trainer.models.xception import Xception65
 
 __all__ = [
     "ASPP",
+    "BatchNorm",
+    "BatchNormConfig",
     "BottleneckBlock",
     "ConvBNReLU",
     "Decoder",
@@ -23,5 +26,5 @@ __all__ = [
     "ResNet",
     "SeparableConvBNReLU",
     "Xception65",
-    "batch_norm",
+    "configure_batch_norm",
 ]

@@ -6,21 +6,17 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
+from trainer.models.batch_norm import BatchNormOwner
 from trainer.models.dropout import ResumableDropout
-from trainer.models.layers import (
-    SERIALIZATION_PACKAGE,
-    ConvBNReLU,
-    require_positive_int,
-    require_positive_ints,
-    resize_bilinear,
-    spatial_size,
-)
+from trainer.models.layers import ConvBNReLU, resize_bilinear, spatial_size
 from trainer.models.separable import SeparableConvBNReLU
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class ASPP(keras.layers.Layer):
+class ASPP(BatchNormOwner, keras.layers.Layer):
     """ASPP (DeepLabV3): 1×1, one dilated 3×3 per rate and image pooling, concatenated and projected.
 
     Image pooling averages the whole feature map by default. With `pool_size` (the feature size of the training
@@ -42,16 +38,12 @@ class ASPP(keras.layers.Layer):
     ) -> None:
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
-        self.filters = require_positive_int(owner, "filters", filters)
-        self.atrous_rates = require_positive_ints(owner, "atrous_rates", atrous_rates)
+        self.filters = validate.positive_int(f"{owner}.filters", filters)
+        self.atrous_rates = validate.positive_ints(f"{owner}.atrous_rates", atrous_rates)
         if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, int | float) or not 0 <= dropout_rate < 1:
             raise UserInputError(f"{owner}: expected `dropout_rate` in [0, 1), received {dropout_rate!r}")
         self.dropout_rate = float(dropout_rate)
-        if pool_size is not None:
-            pool_size = require_positive_ints(owner, "pool_size", pool_size)
-            if len(pool_size) != 2:
-                raise UserInputError(f"{owner}: expected `pool_size` (height, width), received {pool_size!r}")
-        self.pool_size = pool_size
+        self.pool_size = None if pool_size is None else validate.size_pair(f"{owner}.pool_size", pool_size)
         self.separable = bool(separable)
         self.conv_1x1 = ConvBNReLU(filters, 1, name="conv_1x1")
         atrous_conv = SeparableConvBNReLU if self.separable else ConvBNReLU

@@ -6,19 +6,16 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
-from trainer.models.layers import (
-    SERIALIZATION_PACKAGE,
-    ConvBNReLU,
-    require_positive_int,
-    resize_bilinear,
-    spatial_size,
-)
+from trainer.models.batch_norm import BatchNormOwner
+from trainer.models.layers import ConvBNReLU, resize_bilinear, spatial_size
 from trainer.models.separable import SeparableConvBNReLU
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class Decoder(keras.layers.Layer):
+class Decoder(BatchNormOwner, keras.layers.Layer):
     """Reduces low-level features, concatenates the upsampled ASPP output, refines with two 3×3 convs.
 
     `separable` makes the two refining convs depthwise-separable (DeepLabV3+'s `decoder_use_separable_conv`).
@@ -34,8 +31,8 @@ class Decoder(keras.layers.Layer):
     ) -> None:
         super().__init__(name=name, **kwargs)
         owner = type(self).__name__
-        self.low_level_filters = require_positive_int(owner, "low_level_filters", low_level_filters)
-        self.filters = require_positive_int(owner, "filters", filters)
+        self.low_level_filters = validate.positive_int(f"{owner}.low_level_filters", low_level_filters)
+        self.filters = validate.positive_int(f"{owner}.filters", filters)
         self.separable = bool(separable)
         # Few low-level channels so they do not outweigh the semantically richer ASPP features.
         self.low_level_conv = ConvBNReLU(low_level_filters, 1, name="low_level_conv")

@@ -10,11 +10,14 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.models.aspp import ASPP
+from trainer.models.batch_norm import BatchNormOwner
 from trainer.models.decoder import Decoder
-from trainer.models.layers import SERIALIZATION_PACKAGE, require_positive_int, resize_bilinear, spatial_size
+from trainer.models.layers import resize_bilinear, spatial_size
 from trainer.models.resnet import ResNet
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 # The paper's ASPP rates for 513×513 crops: they scale inversely with the output stride.
 DEFAULT_ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
@@ -30,22 +33,24 @@ def default_aspp_rates(output_stride: int) -> tuple[int, ...]:
     return DEFAULT_ASPP_RATES[output_stride]
 
 
-class _DeepLab(keras.Model):
+class _DeepLab(BatchNormOwner, keras.Model):
     """Shared parts: the backbone, ASPP and the 1×1 classifier; subclasses decide what feeds the classifier."""
+
+    DEFAULT_NAME = "deeplab"
 
     def __init__(
         self,
         num_classes: int,
-        backbone: keras.Model | None,
-        aspp_filters: int,
-        aspp_rates: Sequence[int] | None,
-        aspp_dropout_rate: float,
-        aspp_pool_size: Sequence[int] | None,
-        separable_convs: bool,
-        name: str,
+        backbone: keras.Model | None = None,
+        aspp_filters: int = 256,
+        aspp_rates: Sequence[int] | None = None,
+        aspp_dropout_rate: float = 0.1,
+        aspp_pool_size: Sequence[int] | None = None,
+        separable_convs: bool = False,
+        name: str | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(name=name, **kwargs)
+        super().__init__(name=name or self.DEFAULT_NAME, **kwargs)
         owner = type(self).__name__
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise UserInputError(
@@ -61,7 +66,7 @@ class _DeepLab(keras.Model):
                 f"received {backbone!r} (of type {type(backbone).__name__})"
             )
         self.backbone = backbone
-        self.aspp_filters = require_positive_int(owner, "aspp_filters", aspp_filters)
+        self.aspp_filters = validate.positive_int(f"{owner}.aspp_filters", aspp_filters)
         if aspp_rates is None:
             aspp_rates = default_aspp_rates(getattr(backbone, "output_stride", None))
         self.separable_convs = bool(separable_convs)
@@ -91,6 +96,7 @@ class _DeepLab(keras.Model):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments, with the backbone serialised."""
         return {
+            **super().get_config(),
             "name": self.name,
             "trainable": self.trainable,
             "num_classes": self.num_classes,
@@ -108,7 +114,7 @@ class _DeepLab(keras.Model):
         config = dict(config)
         if isinstance(config.get("backbone"), dict):
             config["backbone"] = keras.layers.deserialize(config["backbone"])
-        return cls(**config)
+        return super().from_config(config)
 
 
 @gin.configurable
@@ -119,6 +125,8 @@ class DeepLabV3Plus(_DeepLab):
     `aspp_rates=None` derives the rates from the backbone's output stride; `separable_convs` makes the ASPP
     atrous branches and the decoder's 3×3 convs depthwise-separable, as in the DeepLabV3+ paper.
     """
+
+    DEFAULT_NAME = "deeplab_v3_plus"
 
     def __init__(
         self,
@@ -131,7 +139,7 @@ class DeepLabV3Plus(_DeepLab):
         low_level_filters: int = 48,
         decoder_filters: int = 256,
         separable_convs: bool = False,
-        name: str = "deeplab_v3_plus",
+        name: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -145,8 +153,9 @@ class DeepLabV3Plus(_DeepLab):
             name=name,
             **kwargs,
         )
-        self.low_level_filters = require_positive_int(type(self).__name__, "low_level_filters", low_level_filters)
-        self.decoder_filters = require_positive_int(type(self).__name__, "decoder_filters", decoder_filters)
+        owner = type(self).__name__
+        self.low_level_filters = validate.positive_int(f"{owner}.low_level_filters", low_level_filters)
+        self.decoder_filters = validate.positive_int(f"{owner}.decoder_filters", decoder_filters)
         self.decoder = Decoder(low_level_filters, decoder_filters, separable=self.separable_convs, name="decoder")
 
     def _head(self, features: dict[str, tf.Tensor], training: bool | None) -> tf.Tensor:
@@ -163,31 +172,13 @@ class DeepLabV3Plus(_DeepLab):
 @gin.configurable
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class DeepLabV3(_DeepLab):
-    """DeepLabV3 (no decoder): the classifier reads the ASPP output at the backbone's output stride."""
+    """DeepLabV3 (no decoder): the classifier reads the ASPP output at the backbone's output stride.
 
-    def __init__(
-        self,
-        num_classes: int,
-        backbone: keras.Model | None = None,
-        aspp_filters: int = 256,
-        aspp_rates: Sequence[int] | None = None,
-        aspp_dropout_rate: float = 0.1,
-        aspp_pool_size: Sequence[int] | None = None,
-        separable_convs: bool = False,
-        name: str = "deeplab_v3",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            num_classes,
-            backbone,
-            aspp_filters,
-            aspp_rates,
-            aspp_dropout_rate,
-            aspp_pool_size,
-            separable_convs,
-            name=name,
-            **kwargs,
-        )
+    `aspp_rates=None` derives the rates from the backbone's output stride; `separable_convs` makes the ASPP
+    atrous branches depthwise-separable.
+    """
+
+    DEFAULT_NAME = "deeplab_v3"
 
     def _head(self, features: dict[str, tf.Tensor], training: bool | None) -> tf.Tensor:
         return self.aspp(features["high_level"], training=training)

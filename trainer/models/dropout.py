@@ -6,7 +6,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.models.layers import SERIALIZATION_PACKAGE
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)

@@ -14,7 +14,8 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common.errors import UserInputError
-from trainer.models.layers import SERIALIZATION_PACKAGE
+from trainer.models.batch_norm import FixedBatchNorm
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 # Size of the zero image that measures the output stride when it is not given: TF Hub's usual input size, a
 # multiple of 32 so that every power-of-two stride up to 32 divides it.
@@ -23,12 +24,13 @@ _PROBE_SIZE = 224
 
 @gin.configurable
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class HubBackbone(keras.layers.Layer):
+class HubBackbone(FixedBatchNorm, keras.layers.Layer):
     """A SavedModel feature extractor returning {"low_level", "high_level"} feature maps for the DeepLab head.
 
     The module must return a dict of feature maps (Model Garden backbones return their endpoints by level, e.g.
     "2" at stride 4 and "4" or "5" at stride 16/32); a module that returns one pooled feature vector cannot be
-    used for segmentation.
+    used for segmentation. The module's batch norm is fixed when it is traced: `batch_norm.*` settings cannot reach
+    it, and `configure_batch_norm` rejects them for a model with this backbone.
 
     Args:
       path: the SavedModel directory (a TF Hub / Kaggle Models download, extracted), local or gs://.

@@ -6,8 +6,11 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.common.errors import UserInputError
-from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int, require_stride_or_dilation
+from trainer.common import validate
+from trainer.common.errors import UserInputError, expected
+from trainer.models.batch_norm import BatchNorm, BatchNormOwner, batch_norm_layer
+from trainer.models.layers import require_stride_or_dilation
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 # Keras Applications' MobileNetV2 BN settings; the ImageNet checkpoints were trained with them.
@@ -29,6 +32,11 @@ BLOCK_SPECS = (
 LOW_LEVEL_BLOCK = 2
 
 
+def _batch_norm(name: str) -> BatchNorm:
+    """A BN layer with Keras Applications' MobileNetV2 defaults."""
+    return batch_norm_layer(name, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+
+
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Rounds `value` to the nearest multiple of `divisor` (at least `divisor`), never more than 10% below it."""
     # Same rounding as keras.applications.mobilenet_v2._make_divisible, so widths match the checkpoints.
@@ -39,7 +47,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class InvertedResidualBlock(keras.layers.Layer):
+class InvertedResidualBlock(BatchNormOwner, keras.layers.Layer):
     """MobileNetV2 block: 1×1 expand → ReLU6 → 3×3 depthwise (strided / dilated) → ReLU6 → 1×1 linear project.
 
     Sublayers carry the Keras Applications suffixes (`expand`, `expand_BN`, `depthwise`, ...), so keras'
@@ -58,15 +66,15 @@ class InvertedResidualBlock(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        owner = type(self).__name__
-        self.input_filters = require_positive_int(owner, "input_filters", input_filters)
-        self.output_filters = require_positive_int(owner, "output_filters", output_filters)
-        self.expansion = require_positive_int(owner, "expansion", expansion)
-        self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
+        owner = f"{type(self).__name__}({self.name!r})"
+        self.input_filters = validate.positive_int(f"{owner}.input_filters", input_filters)
+        self.output_filters = validate.positive_int(f"{owner}.output_filters", output_filters)
+        self.expansion = validate.positive_int(f"{owner}.expansion", expansion)
+        self.strides, self.dilation_rate = require_stride_or_dilation(owner, strides, dilation_rate)
         self.residual = bool(residual)
         if self.residual and (strides != 1 or input_filters != output_filters):
             raise UserInputError(
-                f"{owner} {self.name!r}: expected strides == 1 and input_filters == output_filters for a "
+                f"{owner}: expected strides == 1 and input_filters == output_filters for a "
                 f"residual block, received strides={strides}, input_filters={input_filters}, "
                 f"output_filters={output_filters}"
             )
@@ -75,7 +83,7 @@ class InvertedResidualBlock(keras.layers.Layer):
             self.expand = keras.layers.Conv2D(
                 self.expansion * input_filters, 1, padding="same", use_bias=False, name="expand"
             )
-            self.expand_bn = batch_norm(name="expand_BN", momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+            self.expand_bn = _batch_norm("expand_BN")
         else:
             self.expand = None
             self.expand_bn = None
@@ -85,9 +93,9 @@ class InvertedResidualBlock(keras.layers.Layer):
         self.depthwise = keras.layers.DepthwiseConv2D(
             3, strides=strides, dilation_rate=dilation_rate, padding="same", use_bias=False, name="depthwise"
         )
-        self.depthwise_bn = batch_norm(name="depthwise_BN", momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+        self.depthwise_bn = _batch_norm("depthwise_BN")
         self.project = keras.layers.Conv2D(output_filters, 1, padding="same", use_bias=False, name="project")
-        self.project_bn = batch_norm(name="project_BN", momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+        self.project_bn = _batch_norm("project_BN")
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """Returns the linear projection, plus `inputs` when the block is residual."""
@@ -121,7 +129,7 @@ class InvertedResidualBlock(keras.layers.Layer):
 
 @gin.configurable
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class MobileNetV2(keras.Model):
+class MobileNetV2(BatchNormOwner, keras.Model):
     """MobileNetV2 backbone returning stride-4 low-level and `output_stride` high-level features.
 
     Weights are the same, layer for layer, as `keras.applications.MobileNetV2(include_top=False,
@@ -148,27 +156,31 @@ class MobileNetV2(keras.Model):
                 f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}"
             )
         self.output_stride = output_stride
-        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, int | float) or width_multiplier <= 0:
-            raise UserInputError(
-                f"{owner}: expected `width_multiplier` to be a positive number, received {width_multiplier!r} "
-                f"(of type {type(width_multiplier).__name__})"
-            )
-        self.width_multiplier = float(width_multiplier)
+        self.width_multiplier = float(validate.positive_number(f"{owner}.width_multiplier", width_multiplier))
         if not isinstance(include_final_conv, bool):
             # bool("false") is True: a string from a hand-written config must not silently switch the conv on.
-            raise UserInputError(
-                f"{owner}: expected `include_final_conv` to be a bool, received {include_final_conv!r} "
-                f"(of type {type(include_final_conv).__name__})"
-            )
+            raise expected(f"{owner}.include_final_conv", "True or False", include_final_conv)
         self.include_final_conv = include_final_conv
 
         alpha = self.width_multiplier
         self.stem_conv = keras.layers.Conv2D(
             make_divisible(STEM_FILTERS * alpha), 3, strides=2, padding="same", use_bias=False, name="Conv1"
         )
-        self.stem_bn = batch_norm(name="bn_Conv1", momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+        self.stem_bn = _batch_norm("bn_Conv1")
+        self.blocks = self._blocks()
+        if self.include_final_conv:
+            # Keras widens the final conv only for multipliers above 1; thinner models keep 1280 channels.
+            final_filters = make_divisible(FINAL_FILTERS * alpha) if alpha > 1.0 else FINAL_FILTERS
+            self.final_conv = keras.layers.Conv2D(final_filters, 1, use_bias=False, name="Conv_1")
+            self.final_bn = _batch_norm("Conv_1_bn")
+        else:
+            self.final_conv = None
+            self.final_bn = None
 
-        self.blocks: list[InvertedResidualBlock] = []
+    def _blocks(self) -> list[InvertedResidualBlock]:
+        """The inverted residual blocks of `BLOCK_SPECS`, atrous once the stride reaches `output_stride`."""
+        alpha = self.width_multiplier
+        blocks = []
         input_filters = make_divisible(STEM_FILTERS * alpha)
         current_stride, rate = 2, 1  # the stem already halves the resolution
         for expansion, filters, repeats, first_stride in BLOCK_SPECS:
@@ -176,14 +188,14 @@ class MobileNetV2(keras.Model):
             output_filters = make_divisible(int(filters * alpha))
             for index in range(repeats):
                 stride = first_stride if index == 0 else 1
-                if current_stride == output_stride:
+                if current_stride == self.output_stride:
                     layer_stride, layer_rate = 1, rate
                     rate *= stride
                 else:
                     layer_stride, layer_rate = stride, 1
                     current_stride *= stride
-                block_id = len(self.blocks)
-                self.blocks.append(
+                block_id = len(blocks)
+                blocks.append(
                     InvertedResidualBlock(
                         input_filters,
                         output_filters,
@@ -196,15 +208,7 @@ class MobileNetV2(keras.Model):
                     )
                 )
                 input_filters = output_filters
-
-        if self.include_final_conv:
-            # Keras widens the final conv only for multipliers above 1; thinner models keep 1280 channels.
-            final_filters = make_divisible(FINAL_FILTERS * alpha) if alpha > 1.0 else FINAL_FILTERS
-            self.final_conv = keras.layers.Conv2D(final_filters, 1, use_bias=False, name="Conv_1")
-            self.final_bn = batch_norm(name="Conv_1_bn", momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
-        else:
-            self.final_conv = None
-            self.final_bn = None
+        return blocks
 
     def call(self, images: tf.Tensor, training: bool | None = None) -> dict[str, tf.Tensor]:
         """Returns {"low_level": block-2 output (stride 4), "high_level": final features (output_stride)}."""
@@ -236,6 +240,7 @@ class MobileNetV2(keras.Model):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
         return {
+            **super().get_config(),
             "name": self.name,
             "trainable": self.trainable,
             "output_stride": self.output_stride,

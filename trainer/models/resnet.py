@@ -7,13 +7,12 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.common.errors import UserInputError
-from trainer.models.layers import (
-    SERIALIZATION_PACKAGE,
-    ConvBNReLU,
-    require_positive_int,
-    require_positive_ints,
-)
+from trainer.common import validate
+from trainer.common.errors import UserInputError, expected
+from trainer.common.images import to_pixel_range
+from trainer.models.batch_norm import BatchNormOwner
+from trainer.models.layers import ConvBNReLU
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 BOTTLENECK_EXPANSION = 4
 VALID_OUTPUT_STRIDES = (8, 16, 32)
@@ -25,7 +24,7 @@ BN_EPSILON = 1.001e-5
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class BottleneckBlock(keras.layers.Layer):
+class BottleneckBlock(BatchNormOwner, keras.layers.Layer):
     """ResNet v1 bottleneck as in keras.applications: 1×1 (strided) → 3×3 (dilated) → 1×1 (×4), plus a shortcut."""
 
     def __init__(
@@ -38,7 +37,7 @@ class BottleneckBlock(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        self.filters = require_positive_int(type(self).__name__, "filters", filters)
+        self.filters = validate.positive_int(f"{type(self).__name__}({self.name!r}).filters", filters)
         self.strides = strides
         self.dilation_rate = dilation_rate
         self.use_projection = bool(use_projection)
@@ -91,7 +90,7 @@ class BottleneckBlock(keras.layers.Layer):
 
 @gin.configurable
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class ResNet(keras.Model):
+class ResNet(BatchNormOwner, keras.Model):
     """ResNet v1 (bottleneck) backbone returning stride-4 low-level and `output_stride` high-level features.
 
     With `stem="v1"` the network is layer for layer keras.applications' ResNet50/ResNet101 (see
@@ -117,66 +116,42 @@ class ResNet(keras.Model):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        owner = type(self).__name__
         self.caffe_preprocessing = bool(caffe_preprocessing)
-        self.block_depths = require_positive_ints(owner, "block_depths", block_depths)
+        self._set_architecture(block_depths, base_filters, output_stride, multi_grid, stem)
+        # Explicit symmetric padding + 'valid' (keras' conv1_pad / pool1_pad): 'same' would pad an even input
+        # asymmetrically and shift every feature by a pixel relative to the pretrained network.
+        self.stem_pad = keras.layers.ZeroPadding2D(3 if stem == "v1" else 1, name="stem_pad")
+        self.stem_convs = _stem_convs(stem, self.base_filters)
+        self.pool_pad = keras.layers.ZeroPadding2D(1, name="pool_pad")
+        self.stem_pool = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")
+        self.stages = self._stages()
+
+    def _set_architecture(
+        self, block_depths: Sequence[int], base_filters: int, output_stride: int, multi_grid: Sequence[int], stem: str
+    ) -> None:
+        """Validates and keeps the constructor arguments that shape the network."""
+        owner = type(self).__name__
+        self.block_depths = validate.positive_ints(f"{owner}.block_depths", block_depths)
         if len(self.block_depths) != 4:
-            raise UserInputError(
-                f"{owner}: expected `block_depths` to have 4 entries (one per stage), "
-                f"received {tuple(block_depths)!r} with {len(self.block_depths)}"
-            )
-        self.base_filters = require_positive_int(owner, "base_filters", base_filters)
+            raise expected(f"{owner}.block_depths", "4 entries (one per stage)", block_depths)
+        self.base_filters = validate.positive_int(f"{owner}.base_filters", base_filters)
         if output_stride not in VALID_OUTPUT_STRIDES:
             raise UserInputError(
                 f"{owner}: expected `output_stride` in {VALID_OUTPUT_STRIDES}, received {output_stride!r}"
             )
         self.output_stride = output_stride
-        self.multi_grid = require_positive_ints(owner, "multi_grid", multi_grid)
-        if stem not in VALID_STEMS:
-            raise UserInputError(f"{owner}: expected `stem` in {VALID_STEMS}, received {stem!r}")
-        self.stem = stem
-
-        stage_strides, stage_dilations = _stage_strides_and_dilations(output_stride)
-        if stage_strides[-1] > 1 and self.multi_grid[0] > 1:
+        self.multi_grid = validate.positive_ints(f"{owner}.multi_grid", multi_grid)
+        self.stem = validate.choice(f"{owner}.stem", stem, VALID_STEMS)
+        if output_stride == 32 and self.multi_grid[0] > 1:
             raise UserInputError(
                 f"{owner}: expected multi_grid[0] == 1 when the last stage downsamples (output_stride 32), "
                 f"received output_stride={output_stride}, multi_grid={self.multi_grid}"
             )
 
-        # Explicit symmetric padding + 'valid' (keras' conv1_pad / pool1_pad): 'same' would pad an even input
-        # asymmetrically and shift every feature by a pixel relative to the pretrained network.
-        if stem == "v1":
-            self.stem_pad = keras.layers.ZeroPadding2D(3, name="stem_pad")
-            self.stem_convs = [
-                ConvBNReLU(
-                    base_filters,
-                    7,
-                    strides=2,
-                    padding="valid",
-                    use_bias=True,
-                    bn_epsilon=BN_EPSILON,
-                    name="stem_conv",
-                )
-            ]
-        else:
-            # resnet_v1_beta's root block: 3×3 convs of 64/2, 64, 128 channels (scaled with base_filters).
-            # No conv bias here: slim has none and there are no keras weights to mirror.
-            widths = (base_filters, base_filters, 2 * base_filters)
-            self.stem_pad = keras.layers.ZeroPadding2D(1, name="stem_pad")
-            self.stem_convs = [
-                ConvBNReLU(
-                    width,
-                    3,
-                    strides=2 if index == 0 else 1,
-                    padding="valid" if index == 0 else "same",
-                    bn_epsilon=BN_EPSILON,
-                    name=f"stem_conv{index + 1}",
-                )
-                for index, width in enumerate(widths)
-            ]
-        self.pool_pad = keras.layers.ZeroPadding2D(1, name="pool_pad")
-        self.stem_pool = keras.layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")
-        self.stages: list[list[BottleneckBlock]] = []
+    def _stages(self) -> list[list[BottleneckBlock]]:
+        """The four stages of bottleneck blocks; the last one's dilations follow `multi_grid`."""
+        stage_strides, stage_dilations = _stage_strides_and_dilations(self.output_stride)
+        stages = []
         last = len(self.block_depths) - 1
         for stage, depth in enumerate(self.block_depths):
             blocks = []
@@ -184,7 +159,7 @@ class ResNet(keras.Model):
                 grid = self.multi_grid[index % len(self.multi_grid)] if stage == last else 1
                 blocks.append(
                     BottleneckBlock(
-                        base_filters * 2**stage,
+                        self.base_filters * 2**stage,
                         strides=stage_strides[stage] if index == 0 else 1,
                         dilation_rate=stage_dilations[stage] * grid,
                         # The first block of every stage changes the channel count (and maybe the stride).
@@ -192,7 +167,8 @@ class ResNet(keras.Model):
                         name=f"stage{stage + 1}_block{index + 1}",
                     )
                 )
-            self.stages.append(blocks)
+            stages.append(blocks)
+        return stages
 
     @property
     def stem_conv(self) -> ConvBNReLU:
@@ -205,8 +181,7 @@ class ResNet(keras.Model):
         if self.caffe_preprocessing:
             # The Keras ImageNet weights were trained on 0-255 BGR images minus the ImageNet mean, not on the
             # pipeline's [-1, 1] RGB.
-            images = (images + 1.0) * 127.5
-            images = images[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, tf.float32)
+            images = to_pixel_range(images)[..., ::-1] - tf.constant(_CAFFE_BGR_MEAN, tf.float32)
         x = self.stem_pad(tf.cast(images, self.compute_dtype))
         for conv in self.stem_convs:
             x = conv(x, training=training)
@@ -237,6 +212,7 @@ class ResNet(keras.Model):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
         return {
+            **super().get_config(),
             "name": self.name,
             "trainable": self.trainable,
             "block_depths": self.block_depths,
@@ -246,6 +222,29 @@ class ResNet(keras.Model):
             "stem": self.stem,
             "caffe_preprocessing": self.caffe_preprocessing,
         }
+
+
+def _stem_convs(stem: str, base_filters: int) -> list[ConvBNReLU]:
+    """The stem's convs: keras' 7×7/2 ("v1") or resnet_v1_beta's three 3×3 of 64/2, 64, 128 (scaled) ("beta")."""
+    if stem == "v1":
+        return [
+            ConvBNReLU(
+                base_filters, 7, strides=2, padding="valid", use_bias=True, bn_epsilon=BN_EPSILON, name="stem_conv"
+            )
+        ]
+    # No conv bias in the beta stem: slim has none and there are no keras weights to mirror.
+    widths = (base_filters, base_filters, 2 * base_filters)
+    return [
+        ConvBNReLU(
+            width,
+            3,
+            strides=2 if index == 0 else 1,
+            padding="valid" if index == 0 else "same",
+            bn_epsilon=BN_EPSILON,
+            name=f"stem_conv{index + 1}",
+        )
+        for index, width in enumerate(widths)
+    ]
 
 
 def _stage_strides_and_dilations(output_stride: int) -> tuple[list[int], list[int]]:

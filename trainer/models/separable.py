@@ -5,11 +5,14 @@ from typing import Any
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.models.layers import SERIALIZATION_PACKAGE, batch_norm, require_positive_int, require_stride_or_dilation
+from trainer.common import validate
+from trainer.models.batch_norm import BatchNormOwner, batch_norm_layer
+from trainer.models.layers import require_stride_or_dilation
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class SeparableConvBNReLU(keras.layers.Layer):
+class SeparableConvBNReLU(BatchNormOwner, keras.layers.Layer):
     """Depthwise k×k (dilated) → BN → ReLU → pointwise 1×1 → BN → ReLU, as DeepLab's split separable conv."""
 
     def __init__(
@@ -22,10 +25,10 @@ class SeparableConvBNReLU(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        owner = type(self).__name__
-        self.filters = require_positive_int(owner, "filters", filters)
-        self.kernel_size = require_positive_int(owner, "kernel_size", kernel_size)
-        self.strides, self.dilation_rate = require_stride_or_dilation(f"{owner} {self.name!r}", strides, dilation_rate)
+        owner = f"{type(self).__name__}({self.name!r})"
+        self.filters = validate.positive_int(f"{owner}.filters", filters)
+        self.kernel_size = validate.positive_int(f"{owner}.kernel_size", kernel_size)
+        self.strides, self.dilation_rate = require_stride_or_dilation(owner, strides, dilation_rate)
         self.depthwise = keras.layers.DepthwiseConv2D(
             kernel_size,
             strides=strides,
@@ -35,11 +38,11 @@ class SeparableConvBNReLU(keras.layers.Layer):
             depthwise_initializer="he_normal",
             name="depthwise",
         )
-        self.depthwise_bn = batch_norm(name="depthwise_bn")
+        self.depthwise_bn = batch_norm_layer("depthwise_bn")
         self.pointwise = keras.layers.Conv2D(
             filters, 1, use_bias=False, kernel_initializer="he_normal", name="pointwise"
         )
-        self.pointwise_bn = batch_norm(name="pointwise_bn")
+        self.pointwise_bn = batch_norm_layer("pointwise_bn")
 
     def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         """Applies the depthwise and pointwise convs, each followed by BN and ReLU."""

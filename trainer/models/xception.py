@@ -8,14 +8,12 @@ import gin
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer.common.errors import UserInputError
-from trainer.models.layers import (
-    SERIALIZATION_PACKAGE,
-    ConvBNReLU,
-    require_positive_int,
-    require_positive_ints,
-)
+from trainer.common import validate
+from trainer.common.errors import UserInputError, expected
+from trainer.models.batch_norm import BatchNormOwner
+from trainer.models.layers import ConvBNReLU
 from trainer.models.separable import SeparableConvBNReLU
+from trainer.models.serialization import SERIALIZATION_PACKAGE
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 # How an Xception block adds its input back: a strided 1×1 conv + BN, the input itself, or not at all.
@@ -37,7 +35,7 @@ _STEM_STRIDE = 2
 
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class XceptionBlock(keras.layers.Layer):
+class XceptionBlock(BatchNormOwner, keras.layers.Layer):
     """Three separable 3×3 convs (the last one strided) plus a `skip` connection: 'conv', 'sum' or 'none'.
 
     The residual sum has no ReLU after it: every separable conv already ends in one (DeepLab's xception_module).
@@ -53,18 +51,13 @@ class XceptionBlock(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
-        owner = type(self).__name__
-        self.depths = require_positive_ints(owner, "depths", depths)
+        owner = f"{type(self).__name__}({self.name!r})"
+        self.depths = validate.positive_ints(f"{owner}.depths", depths)
         if len(self.depths) != 3:
-            raise UserInputError(
-                f"{owner}: expected `depths` to have 3 entries (one per separable conv), "
-                f"received {tuple(depths)!r} with {len(self.depths)}"
-            )
-        if skip not in VALID_SKIPS:
-            raise UserInputError(f"{owner}: expected `skip` in {VALID_SKIPS}, received {skip!r}")
-        self.skip = skip
-        self.strides = require_positive_int(owner, "strides", strides)
-        self.dilation_rate = require_positive_int(owner, "dilation_rate", dilation_rate)
+            raise expected(f"{owner}.depths", "3 entries (one per separable conv)", depths)
+        self.skip = validate.choice(f"{owner}.skip", skip, VALID_SKIPS)
+        self.strides = validate.positive_int(f"{owner}.strides", strides)
+        self.dilation_rate = validate.positive_int(f"{owner}.dilation_rate", dilation_rate)
         if skip == "sum" and strides > 1:
             raise UserInputError(
                 f"{owner}: expected strides == 1 with skip='sum' (an identity cannot downsample), "
@@ -120,7 +113,7 @@ class XceptionBlock(keras.layers.Layer):
 
 @gin.configurable
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
-class Xception65(keras.Model):
+class Xception65(BatchNormOwner, keras.Model):
     """Aligned Xception-65 (DeepLabV3+) returning stride-4 low-level and `output_stride` high-level features.
 
     Entry flow: two conv-BN-ReLU (32 stride 2, 64) and three strided blocks (128, 256, 728); middle flow:
@@ -157,7 +150,7 @@ class Xception65(keras.Model):
                 f"received {width_multiplier!r} (of type {type(width_multiplier).__name__})"
             )
         self.width_multiplier = float(width_multiplier)
-        self.middle_flow_blocks = require_positive_int(owner, "middle_flow_blocks", middle_flow_blocks)
+        self.middle_flow_blocks = validate.positive_int(f"{owner}.middle_flow_blocks", middle_flow_blocks)
 
         def width(channels: int) -> int:
             return max(MIN_CHANNELS, int(round(channels * self.width_multiplier)))
@@ -196,6 +189,7 @@ class Xception65(keras.Model):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
         return {
+            **super().get_config(),
             "name": self.name,
             "trainable": self.trainable,
             "output_stride": self.output_stride,

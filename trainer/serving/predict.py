@@ -30,7 +30,7 @@ from trainer.core.config import parse_gin
 from trainer.core.inference import InferenceConfig, LogitsFn, predict_logits
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
-from trainer.models import DeepLabV3Plus
+from trainer.models import BatchNormConfig, DeepLabV3Plus, configure_batch_norm
 from trainer.storage import checkpoints
 
 # Weight of the class colours in the overlay.
@@ -96,12 +96,17 @@ def _from_saved_model(path: str, inference_config: InferenceConfig) -> Predictor
 
 
 def _from_model_dir(
-    model_dir: str, checkpoint: str | None, inference_config: InferenceConfig, crop_size: tuple[int, int]
+    model_dir: str,
+    checkpoint: str | None,
+    inference_config: InferenceConfig,
+    crop_size: tuple[int, int],
+    batch_norm: BatchNormConfig,
 ) -> Predictor:
     """Rebuilds the model the gin config (the model_dir's operative config) describes and restores it."""
     # The dataset description gives the class count and palette (synthetic_shapes regenerates its data if absent).
     info = _configured("run.dataset", synthetic_shapes)()
     model = _configured("run.model", DeepLabV3Plus)(num_classes=info.num_classes)
+    configure_batch_norm(model, batch_norm)
     model(tf.zeros([1, *crop_size, 3]), training=False)
     if checkpoint is None:
         directory = os.path.join(model_dir, checkpoints.CHECKPOINT_SUBDIR)
@@ -150,7 +155,8 @@ def load_predictor(
     inference_config = InferenceConfig()
     if saved_model is not None:
         return _from_saved_model(saved_model, inference_config)
-    return _from_model_dir(model, checkpoint, inference_config, tuple(InputPipeline().crop_size))
+    crop_size = tuple(InputPipeline().crop_size)
+    return _from_model_dir(model, checkpoint, inference_config, crop_size, BatchNormConfig())
 
 
 def _output_stems(image_paths: Sequence[str]) -> list[str]:

@@ -1,0 +1,3 @@
+"""The Keras registration package of the model's layers (their serialised names are `deeplab_trainer>Class`)."""
+
+SERIALIZATION_PACKAGE = "deeplab_trainer"
