@@ -12,7 +12,7 @@ from tests.helpers import mirrored_strategy, one_device_strategy, parse_smoke_co
 from trainer import train_lib
 from trainer.cluster.tasks import TaskInfo
 from trainer.common.errors import UserInputError
-from trainer.core import evaluation, metrics
+from trainer.core import best_checkpoint, eval_report, evaluation, metrics
 from trainer.core.config import EvalConfig
 from trainer.core.inference import InferenceConfig, predict_logits
 from trainer.data.pipeline import InputPipeline
@@ -152,7 +152,7 @@ def test_console_table_names_classes_and_says_absent_ones_are_left_out():
         "inference": {"mode": "slide", "scales": [0.5, 1.0], "flip": True, "crop_size": [32, 32], "stride": [8, 8]},
         "seconds": 1.25,
     }
-    table = evaluation.format_report(report)
+    table = eval_report.format_report(report)
     assert "step 3" in table and "sliding window, scales 0.5, 1, flip" in table and "12,345 labelled pixels" in table
     rows = {line.split()[0]: line.split()[1:] for line in table.splitlines()[2:5]}
     assert rows == {
@@ -178,7 +178,7 @@ def _best_step(directory):
 def test_best_checkpoint_follows_the_metric_and_replaces_files_atomically(tmp_path):
     checkpoints = str(tmp_path / "checkpoints")
     best_dir = str(tmp_path / "best")
-    best = evaluation.BestCheckpoint(best_dir, "pixel_accuracy")
+    best = best_checkpoint.BestCheckpoint(best_dir, "pixel_accuracy")
     values = {1: 0.5, 2: 0.4, 3: 0.7, 4: float("nan"), 5: 0.7}
     exported = []
     for step, value in values.items():
@@ -203,8 +203,8 @@ def test_best_checkpoint_follows_the_metric_and_replaces_files_atomically(tmp_pa
     }
 
     # A restarted job picks the record up; with another metric it starts over.
-    assert not evaluation.BestCheckpoint(best_dir, "pixel_accuracy").is_better(0.7)
-    restarted = evaluation.BestCheckpoint(best_dir, "miou")
+    assert not best_checkpoint.BestCheckpoint(best_dir, "pixel_accuracy").is_better(0.7)
+    restarted = best_checkpoint.BestCheckpoint(best_dir, "miou")
     assert restarted.is_better(0.0)
     restarted.update({"step": 2, "checkpoint": "x", "miou": 0.6}, os.path.join(checkpoints, "ckpt-2"))
     assert _best_step(best_dir) == 2 and not os.path.exists(os.path.join(best_dir, "ckpt-3.index"))

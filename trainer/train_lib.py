@@ -21,6 +21,7 @@ from trainer.cluster.tasks import TaskInfo, task_info
 from trainer.common.errors import UserInputError
 from trainer.core import evaluation, loop_actions
 from trainer.core.config import EvalConfig, Mode, TrainConfig
+from trainer.core.continuous_eval import continuous_evaluate
 from trainer.core.controller import Controller, NanPolicy
 from trainer.core.initialization import initialize_model
 from trainer.core.model_state import ModelState, build_model_state
@@ -242,7 +243,7 @@ def _evaluate(context: RunContext, checkpoint: str | None) -> dict | None:
         step = context.checkpointer.restore(path)
         logging.info("Restored %s (step %d).", path, step)
         return evaluator.evaluate(step, path, None)
-    return evaluation.continuous_evaluate(
+    return continuous_evaluate(
         evaluator,
         context.checkpointer.restore,
         directory,

@@ -1,0 +1,66 @@
+"""An evaluation's report: where its JSON goes, how it is made JSON-safe, and its console table."""
+
+import json
+import math
+import os
+
+import tensorflow as tf
+
+from trainer.observe import summaries
+
+
+def report_path(model_dir: str, step: int) -> str:
+    """The JSON report of the evaluation at `step`."""
+    return os.path.join(model_dir, summaries.EVAL_SUBDIR, f"metrics_step_{step:08d}.json")
+
+
+def is_number(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def json_ready(value):
+    """NaN becomes null (JSON has no NaN); containers are converted recursively."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def saved_report(model_dir: str, step: int) -> dict | None:
+    """The report already written for `step`, or None."""
+    path = report_path(model_dir, step)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+def format_report(report: dict) -> str:
+    """Returns the console table of a report: one row per class, then the summary metrics."""
+    inference = report["inference"]
+    how = "sliding window" if inference["mode"] == "slide" else "whole image"
+    scales = ", ".join(f"{s:g}" for s in inference["scales"])
+    lines = [
+        f"Evaluation at step {report['step']} ({report['checkpoint'] or 'current weights'}; {how}, scales {scales}"
+        f"{', flip' if inference['flip'] else ''}): {report['num_examples']} images, {report['num_pixels']:,} "
+        f"labelled pixels, {report['seconds']:.1f} s",
+    ]
+    width = max(12, *(len(name) for name in report["per_class_iou"]))
+    lines.append(f"  {'class':<{width}}  {'IoU':>7}  {'Acc':>7}")
+    for name, iou in report["per_class_iou"].items():
+        accuracy = report["per_class_accuracy"][name]
+        cells = [f"{v:7.4f}" if v is not None else f"{'nan':>7}" for v in (iou, accuracy)]
+        note = "  (absent)" if name in report["absent_classes"] else ""
+        lines.append(f"  {name:<{width}}  {cells[0]}  {cells[1]}{note}")
+    summary = {"mIoU": "miou", "mAcc": "macc", "aAcc": "pixel_accuracy", "fwIoU": "fwiou"}
+    lines.append("  " + "  ".join(f"{label} {report[key]:.4f}" for label, key in summary.items()))
+    if report["absent_classes"]:
+        absent = ", ".join(report["absent_classes"])
+        lines.append(
+            f"  {len(report['absent_classes'])} class(es) absent from both labels and predictions ({absent}): "
+            "IoU and accuracy are NaN and left out of mIoU and mAcc."
+        )
+    return "\n".join(lines)
