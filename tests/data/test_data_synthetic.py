@@ -67,7 +67,7 @@ def test_colour_carries_little_class_information(rendered):
 def test_synthetic_shapes_generates_then_reuses(tmp_path):
     kwargs = dict(data_dir=str(tmp_path), image_size=32, num_train_examples=10, num_eval_examples=6, num_shards=2)
     info = synthetic.synthetic_shapes(**kwargs, seed=3)
-    directory = tmp_path / f"v{synthetic._GENERATOR_VERSION}_s32_n10_e6_k2_seed3"
+    directory = tmp_path / f"v{synthetic.GENERATOR_VERSION}_s32_n10_e6_k2_seed3"
     assert sorted(os.listdir(tmp_path)) == [directory.name]  # no staging directory left behind
     assert sorted(os.listdir(directory)) == [
         "dataset_info.json",
@@ -103,7 +103,7 @@ def test_synthetic_shapes_is_deterministic_and_splits_differ(tmp_path):
 def test_synthetic_shapes_keeps_the_copy_of_a_concurrent_winner(tmp_path, monkeypatch):
     kwargs = dict(data_dir=str(tmp_path), image_size=32, num_train_examples=4, num_eval_examples=4, num_shards=1)
     winner = synthetic.synthetic_shapes(**kwargs)
-    info_path = str(tmp_path / f"v{synthetic._GENERATOR_VERSION}_s32_n4_e4_k1_seed0" / "dataset_info.json")
+    info_path = str(tmp_path / f"v{synthetic.GENERATOR_VERSION}_s32_n4_e4_k1_seed0" / "dataset_info.json")
     mtime = os.stat(info_path).st_mtime_ns
     real_exists = tf.io.gfile.exists
     calls = []
@@ -116,7 +116,7 @@ def test_synthetic_shapes_keeps_the_copy_of_a_concurrent_winner(tmp_path, monkey
     monkeypatch.setattr(tf.io.gfile, "exists", exists_after_the_check)
     assert synthetic.synthetic_shapes(**kwargs) == winner
     assert os.stat(info_path).st_mtime_ns == mtime
-    assert sorted(os.listdir(tmp_path)) == [f"v{synthetic._GENERATOR_VERSION}_s32_n4_e4_k1_seed0"]
+    assert sorted(os.listdir(tmp_path)) == [f"v{synthetic.GENERATOR_VERSION}_s32_n4_e4_k1_seed0"]
 
 
 def test_synthetic_shapes_rejects_more_shards_than_examples(tmp_path):

@@ -54,11 +54,11 @@ def test_fixed_pool_size_pools_locally_on_larger_inputs_and_globally_on_smaller(
     rng = np.random.default_rng(0)
     features = tf.constant(rng.normal(size=(1, 4, 4, 6)), tf.float32)
     # At the training size, the window covers the whole map: same as the global average.
-    np.testing.assert_allclose(aspp._image_pool(features), tf.reduce_mean(features, [1, 2], keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(aspp.image_pool(features), tf.reduce_mean(features, [1, 2], keepdims=True), atol=1e-6)
     larger = tf.constant(rng.normal(size=(1, 7, 9, 6)), tf.float32)
-    assert aspp._image_pool(larger).shape == (1, 4, 6, 6)
+    assert aspp.image_pool(larger).shape == (1, 4, 6, 6)
     smaller = tf.constant(rng.normal(size=(1, 3, 2, 6)), tf.float32)
-    np.testing.assert_allclose(aspp._image_pool(smaller), tf.reduce_mean(smaller, [1, 2], keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(aspp.image_pool(smaller), tf.reduce_mean(smaller, [1, 2], keepdims=True), atol=1e-6)
     assert aspp(larger, training=False).shape == (1, 7, 9, 4)
 
 

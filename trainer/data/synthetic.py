@@ -31,7 +31,7 @@ _TEXTURES = ("solid", "stripes", "checker", "noise")
 _MIN_CONTRAST = 100.0
 _TEXTURE_CONTRAST = 35.0
 # Part of the cache directory name: bump it whenever render_example changes, so stale data is not reused.
-_GENERATOR_VERSION = 3
+GENERATOR_VERSION = 3
 
 
 def _grid(image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +279,7 @@ def synthetic_shapes(
       UserInputError: if a size or count is not positive, or a split has fewer examples than shards.
     """
     _check_settings(image_size, num_train_examples, num_eval_examples, num_shards)
-    name = f"v{_GENERATOR_VERSION}_s{image_size}_n{num_train_examples}_e{num_eval_examples}_k{num_shards}_seed{seed}"
+    name = f"v{GENERATOR_VERSION}_s{image_size}_n{num_train_examples}_e{num_eval_examples}_k{num_shards}_seed{seed}"
     target = os.path.join(data_dir, name)
     info_path = os.path.join(target, info_lib.INFO_FILENAME)
     if tf.io.gfile.exists(info_path):

@@ -59,13 +59,13 @@ class ASPP(BatchNormOwner, keras.layers.Layer):
         """Returns the projected multi-scale context for an NHWC feature map, same spatial size."""
         branches = [self.conv_1x1(inputs, training=training)]
         branches += [conv(inputs, training=training) for conv in self.atrous_convs]
-        pooled = self.pool_conv(self._image_pool(inputs), training=training)
+        pooled = self.pool_conv(self.image_pool(inputs), training=training)
         branches.append(resize_bilinear(pooled, spatial_size(inputs)))
         x = tf.concat(branches, axis=-1)
         x = self.projection(x, training=training)
         return self.dropout(x, training=training)
 
-    def _image_pool(self, inputs: tf.Tensor) -> tf.Tensor:
+    def image_pool(self, inputs: tf.Tensor) -> tf.Tensor:
         """Averages over `pool_size` windows where the feature map is static and large enough, else globally."""
         height, width = inputs.shape[1:3]
         if self.pool_size is None or height is None or width is None:
