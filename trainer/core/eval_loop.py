@@ -16,7 +16,7 @@ def make_eval_loop(
     model: keras.Model,
     num_classes: int,
     ignore_label: int,
-    inference_config: InferenceConfig | None = None,
+    inference_config: InferenceConfig,
 ) -> EvalLoop:
     """Returns `eval_loop(iterator, num_steps)`: the confusion matrix (int64) summed over replicas and batches.
 

@@ -202,16 +202,13 @@ def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
 
-def predict_logits(
-    logits_fn: LogitsFn, images: tf.Tensor, num_classes: int, config: InferenceConfig | None = None
-) -> tf.Tensor:
+def predict_logits(logits_fn: LogitsFn, images: tf.Tensor, num_classes: int, config: InferenceConfig) -> tf.Tensor:
     """Returns float32 scores [N, H, W, num_classes] for images [N, H, W, 3], following `config`.
 
     For every scale the images are resized (bilinear), run whole or in sliding windows, optionally also
     left-right flipped; each result is flipped back and resized back to (H, W), and all are averaged. With
     scales (1.0,) and no flip this is exactly `logits_fn(images)` (whole) or the sliding-window logits.
     """
-    config = config or InferenceConfig()
     height, width = _static_size(images)
     total = None
     count = 0
