@@ -4,7 +4,6 @@ import glob
 import json
 import os
 
-import gin
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,18 +12,12 @@ from tests.helpers import one_device_strategy, parse_smoke_config, scalar_events
 from trainer import train_lib
 from trainer.common.errors import UserInputError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.usefixtures("clear_gin"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
 
 
 def _one_device():

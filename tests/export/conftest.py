@@ -51,6 +51,6 @@ def trained_run(tmp_path_factory) -> TrainedRun:
 
 
 @pytest.fixture(autouse=True)
-def _clear_gin():
-    yield
-    gin.clear_config()
+def _every_export_test_clears_gin(clear_gin):
+    """Applies the suite's gin-clearing fixture to every export test."""
+    del clear_gin
