@@ -17,6 +17,8 @@ from trainer.core import losses, optim
 from trainer.core.ema import ExponentialMovingAverage
 from trainer.models import BatchNormConfig, DeepLabV3Plus, ResNet, configure_batch_norm
 
+pytestmark = pytest.mark.slow  # each compiles and trains full steps: tens of seconds
+
 NUM_CLASSES = 4
 GLOBAL_BATCH = 4
 

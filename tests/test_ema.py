@@ -58,6 +58,7 @@ def test_decay_outside_the_open_interval_is_a_config_error():
         ema_lib.ExponentialMovingAverage([tf.Variable(1.0)], decay=1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy_fn", [one_device_strategy, mirrored_strategy], ids=["one_device", "mirrored"])
 def test_train_loop_updates_the_average_of_every_weight_and_batch_norm_statistic(strategy_fn):
     strategy = strategy_fn()

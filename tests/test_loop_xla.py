@@ -9,6 +9,8 @@ from tests.helpers import make_train_loop, one_device_strategy
 from trainer.core import optim
 from trainer.models import DeepLabV3Plus, MobileNetV2, ResNet, Xception65
 
+pytestmark = pytest.mark.slow  # each compiles and trains full steps: tens of seconds
+
 BACKBONES = {
     "resnet": lambda: ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
     "mobilenet_v2": lambda: MobileNetV2(output_stride=16, width_multiplier=0.35, include_final_conv=False),

@@ -46,6 +46,7 @@ def test_policy_scope_reaches_the_layers_built_inside_and_is_restored():
     assert model(tf.zeros([1, 32, 32, 3])).dtype == tf.float32  # logits stay float32 for the loss
 
 
+@pytest.mark.slow
 def test_mixed_float16_trains_with_a_dynamic_loss_scale_and_skips_overflowing_steps():
     strategy = one_device_strategy()
     keras.utils.set_random_seed(0)

@@ -161,6 +161,7 @@ def test_mixed_bfloat16():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_xla_forward_and_gradient():
     backbone = _built(MobileNetV2(output_stride=8, width_multiplier=THIN, include_final_conv=False), 33)
     images = tf.random.uniform([2, 33, 33, 3], seed=2)
