@@ -2,6 +2,7 @@
 shared building blocks."""
 
 from trainer.models.aspp import ASPP
+from trainer.models.atrous import AtrousConv2D, AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNorm, BatchNormConfig, configure_batch_norm
 from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
@@ -14,6 +15,8 @@ from trainer.models.xception import Xception65
 
 __all__ = [
     "ASPP",
+    "AtrousConv2D",
+    "AtrousDepthwiseConv2D",
     "BatchNorm",
     "BatchNormConfig",
     "BottleneckBlock",

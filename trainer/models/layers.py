@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from trainer.common import validate
 from trainer.common.errors import UserInputError
+from trainer.models.atrous import AtrousConv2D
 from trainer.models.batch_norm import DEFAULT_EPSILON, BatchNormOwner, batch_norm_layer
 from trainer.models.serialization import SERIALIZATION_PACKAGE
 
@@ -47,7 +48,7 @@ def resize_bilinear(images: tf.Tensor, size: Sequence[int | tf.Tensor]) -> tf.Te
 
 @keras.saving.register_keras_serializable(package=SERIALIZATION_PACKAGE)
 class ConvBNReLU(BatchNormOwner, keras.layers.Layer):
-    """Conv2D (he_normal; by default no bias and 'same' padding) → batch norm → optional ReLU.
+    """Conv2D (he_normal; by default no bias and 'same' padding; atrous natively) → batch norm → optional ReLU.
 
     `use_bias`, `padding` and `bn_epsilon` (the BN's default epsilon) exist so that a backbone can mirror a
     reference architecture (e.g. keras' ResNet, whose convs carry a bias) and load its weights.
@@ -76,7 +77,7 @@ class ConvBNReLU(BatchNormOwner, keras.layers.Layer):
         self.activation = bool(activation)
         # The following BN's beta makes a conv bias redundant; it is kept only to mirror reference weights.
         self.use_bias = bool(use_bias)
-        self.conv = keras.layers.Conv2D(
+        self.conv = AtrousConv2D(
             filters,
             kernel_size,
             strides=strides,

@@ -8,6 +8,7 @@ import tf_keras as keras
 
 from trainer.common import validate
 from trainer.common.errors import UserInputError, expected
+from trainer.models.atrous import AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNorm, BatchNormOwner, batch_norm_layer
 from trainer.models.layers import require_stride_or_dilation
 from trainer.models.serialization import SERIALIZATION_PACKAGE
@@ -90,7 +91,7 @@ class InvertedResidualBlock(BatchNormOwner, keras.layers.Layer):
         # Keras pads a stride-2 depthwise conv with ZeroPadding2D(correct_pad) + 'valid'. For a 3×3 kernel at
         # stride 2 that is exactly TF's 'same' padding for both even (0, 1) and odd (1, 1) sizes, and 'same'
         # also stays right when the spatial size is only known at run time.
-        self.depthwise = keras.layers.DepthwiseConv2D(
+        self.depthwise = AtrousDepthwiseConv2D(
             3, strides=strides, dilation_rate=dilation_rate, padding="same", use_bias=False, name="depthwise"
         )
         self.depthwise_bn = _batch_norm("depthwise_BN")

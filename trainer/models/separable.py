@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common import validate
+from trainer.models.atrous import AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNormOwner, batch_norm_layer
 from trainer.models.layers import require_stride_or_dilation
 from trainer.models.serialization import SERIALIZATION_PACKAGE
@@ -29,7 +30,7 @@ class SeparableConvBNReLU(BatchNormOwner, keras.layers.Layer):
         self.filters = validate.positive_int(f"{owner}.filters", filters)
         self.kernel_size = validate.positive_int(f"{owner}.kernel_size", kernel_size)
         self.strides, self.dilation_rate = require_stride_or_dilation(owner, strides, dilation_rate)
-        self.depthwise = keras.layers.DepthwiseConv2D(
+        self.depthwise = AtrousDepthwiseConv2D(
             kernel_size,
             strides=strides,
             dilation_rate=dilation_rate,
