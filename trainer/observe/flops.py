@@ -1,10 +1,11 @@
 """Dense model FLOPs as the architecture defines them: 2 × multiply-adds of every convolution and matmul.
 
 Counted on the traced forward graph, op by op. A dilated convolution counts as the undilated kernel applied at
-every output position (a dilated 3×3 is a 3×3): TensorFlow lowers it on CPU to SpaceToBatchND → Conv2D →
-BatchToSpaceND, whose Conv2D runs on a tensor padded up to a multiple of the rate, so counting that Conv2D's own
-output (as TensorFlow's profiler does) over-counts by the padding; here the positions are read from the
-BatchToSpaceND that crops the result back. Batch norm, activations, resizes and pooling are not counted.
+every output position (a dilated 3×3 is a 3×3), however it runs: natively (`trainer.models.atrous`), as the 1×1
+of its centre tap when its rate reaches past the feature map (counted as the 3×3 it was sliced from), or lowered
+to SpaceToBatchND → Conv2D → BatchToSpaceND (depthwise convs on CPU), whose Conv2D runs on a tensor padded up to
+a multiple of the rate — there the positions are read from the BatchToSpaceND that crops the result back, where
+TensorFlow's profiler over-counts the padding. Batch norm, activations, resizes and pooling are not counted.
 """
 
 import dataclasses
@@ -44,6 +45,17 @@ def _output_positions(op: tf.Operation) -> int:
     return int(np.prod(shape[:-1]))
 
 
+def _architectural_kernel_shape(op: tf.Operation) -> list[int]:
+    """The kernel shape the architecture defines: a 3×3 run as its centre tap (its rate reaches past the map,
+    `trainer.models.atrous`) still counts as a 3×3, the kernel the tap was sliced from."""
+    kernel = op.inputs[1]
+    while kernel.op.type in ("Cast", "Identity"):
+        kernel = kernel.op.inputs[0]
+    if kernel.op.type == "StridedSlice":
+        return kernel.op.inputs[0].shape.as_list()
+    return op.inputs[1].shape.as_list()
+
+
 def _matmul_flops(op: tf.Operation) -> float:
     a, b = (tensor.shape.as_list() for tensor in op.inputs[:2])
     if None in a or None in b:
@@ -61,7 +73,7 @@ def graph_flops(graph: tf.Graph) -> FlopCount:
     convolution = matmul = 0.0
     for op in graph.get_operations():
         if op.type in _CONVOLUTIONS:
-            kernel_height, kernel_width, in_channels, out_or_multiplier = op.inputs[1].shape.as_list()
+            kernel_height, kernel_width, in_channels, out_or_multiplier = _architectural_kernel_shape(op)
             # Conv2D: out channels; depthwise: channel multiplier, each output channel reads one input channel.
             macs_per_position = kernel_height * kernel_width * in_channels * out_or_multiplier
             convolution += 2.0 * _output_positions(op) * macs_per_position
