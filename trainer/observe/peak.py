@@ -60,7 +60,14 @@ def matmul_chain_peak(
         raise ValueError(f"matmul_chain_peak: expected size, chain, repeats >= 1, received {size}, {chain}, {repeats}.")
     strategy = strategy or tf.distribute.get_strategy()
     # Each replica makes its own operands on its device, once, outside the timed calls.
-    operands = tf.function(lambda: strategy.run(lambda: _operands(dtype, size)))()
+    def replica_operands() -> tuple[tf.Tensor, tf.Tensor]:
+        return _operands(dtype, size)
+
+    @tf.function
+    def all_operands():
+        return strategy.run(replica_operands)
+
+    operands = all_operands()
 
     def replica_chain(pair: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
         x, w = pair
