@@ -59,6 +59,7 @@ def matmul_chain_peak(
     if size < 1 or chain < 1 or repeats < 1:
         raise ValueError(f"matmul_chain_peak: expected size, chain, repeats >= 1, received {size}, {chain}, {repeats}.")
     strategy = strategy or tf.distribute.get_strategy()
+
     # Each replica makes its own operands on its device, once, outside the timed calls.
     def replica_operands() -> tuple[tf.Tensor, tf.Tensor]:
         return _operands(dtype, size)
