@@ -115,12 +115,7 @@ def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> T
         iterator = iter(context.strategy.distribute_datasets_from_function(train_dataset))
         return monitor.timed(iterator) if monitor is not None else iterator
 
-    options = StepOptions(
-        ignore_label=context.info.ignore_label,
-        l2_weight_decay=train.l2_weight_decay,
-        jit_compile=train.jit_compile,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-    )
+    options = StepOptions.from_config(train, ignore_label=context.info.ignore_label)
     return Trainer(
         context.strategy,
         state.model,

@@ -163,12 +163,7 @@ def _build_trainer(
     dataset = strategy.distribute_datasets_from_function(
         lambda context: tf.data.Dataset.from_tensors((images, labels)).repeat()
     )
-    options = StepOptions(
-        ignore_label=255,
-        l2_weight_decay=train_config.l2_weight_decay,
-        jit_compile=train_config.jit_compile,
-        gradient_accumulation_steps=train_config.gradient_accumulation_steps,
-    )
+    options = StepOptions.from_config(train_config, ignore_label=255)
     trainer = Trainer(
         strategy,
         state.model,

@@ -7,6 +7,7 @@ import tf_keras as keras
 
 from trainer.common.errors import UserInputError
 from trainer.core import losses, optim, precision
+from trainer.core.config import TrainConfig
 from trainer.core.ema import ExponentialMovingAverage
 
 # Per-replica shares of the global-batch loss terms: summed over replicas they are the global values.
@@ -27,6 +28,16 @@ class StepOptions:
     l2_weight_decay: float = 0.0
     jit_compile: bool = False
     gradient_accumulation_steps: int = 1
+
+    @classmethod
+    def from_config(cls, train_config: TrainConfig, ignore_label: int) -> "StepOptions":
+        """The step settings of `train_config` for a dataset whose ignore label is `ignore_label`."""
+        return cls(
+            ignore_label=ignore_label,
+            l2_weight_decay=train_config.l2_weight_decay,
+            jit_compile=train_config.jit_compile,
+            gradient_accumulation_steps=train_config.gradient_accumulation_steps,
+        )
 
 
 class ReplicaStep:
