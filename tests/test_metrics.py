@@ -36,7 +36,7 @@ def _reference(labels, predictions, num_classes):
     """The metrics straight from pixel masks, as the definitions read."""
     valid = labels != IGNORE
     total = np.sum(valid)
-    iou, accuracy, frequency = [], [], []
+    iou, accuracy, frequency, f1, precision = [], [], [], [], []
     for c in range(num_classes):
         is_label = (labels == c) & valid
         is_prediction = (predictions == c) & valid
@@ -45,7 +45,10 @@ def _reference(labels, predictions, num_classes):
         iou.append(intersection / union if union else np.nan)
         accuracy.append(intersection / np.sum(is_label) if np.sum(is_label) else np.nan)
         frequency.append(np.sum(is_label) / total)
+        f1.append(2 * intersection / (np.sum(is_label) + np.sum(is_prediction)) if union else np.nan)
+        precision.append(intersection / np.sum(is_prediction) if np.sum(is_prediction) else np.nan)
     iou, accuracy, frequency = np.array(iou), np.array(accuracy), np.array(frequency)
+    f1, precision = np.array(f1), np.array(precision)
     labelled = frequency > 0
     return {
         "per_class_iou": iou,
@@ -54,6 +57,12 @@ def _reference(labels, predictions, num_classes):
         "macc": np.nanmean(accuracy),
         "pixel_accuracy": np.sum((labels == predictions) & valid) / total,
         "fwiou": np.sum(frequency[labelled] * iou[labelled]),
+        "per_class_f1": f1,
+        "per_class_precision": precision,
+        "per_class_recall": accuracy,
+        "mf1": np.nanmean(f1),
+        "mprecision": np.nanmean(precision),
+        "mrecall": np.nanmean(accuracy),
     }
 
 
@@ -74,7 +83,7 @@ def test_every_metric_equals_the_numpy_definition_exactly(seed, num_classes, abs
     result = metrics.segmentation_metrics(matrix)
     expected = _reference(labels, predictions, num_classes)
 
-    for name in ("per_class_iou", "per_class_accuracy"):
+    for name in metrics.PER_CLASS_METRICS:
         np.testing.assert_array_equal(np.array(result[name]), expected[name], err_msg=name)
     for name in metrics.SCALAR_METRICS:
         assert result[name] == expected[name], name
@@ -88,7 +97,9 @@ def test_every_metric_equals_the_numpy_definition_exactly(seed, num_classes, abs
     assert result["num_pixels"] == np.count_nonzero(labels != IGNORE)
     assert result["confusion_matrix"] == matrix.tolist()
     # The metrics are not all trivially equal, so the comparison above could have failed.
-    assert len({result[name] for name in metrics.SCALAR_METRICS}) == len(metrics.SCALAR_METRICS)
+    # (mrecall is macc by definition: the recall of a class is its accuracy.)
+    distinct = [name for name in metrics.SCALAR_METRICS if name != "mrecall"]
+    assert len({result[name] for name in distinct}) == len(distinct) and result["mrecall"] == result["macc"]
 
 
 def test_perfect_prediction_scores_one():
@@ -109,3 +120,28 @@ def test_an_empty_matrix_gives_nan_not_an_error():
 def test_a_non_square_matrix_is_rejected():
     with pytest.raises(ValueError, match="square"):
         metrics.segmentation_metrics(np.zeros([3, 4], np.int64))
+
+
+def test_f1_precision_recall_match_numpy():
+    rng = np.random.default_rng(7)
+    matrix = rng.integers(0, 50, size=(4, 4))
+    matrix[2, :] = 0  # a class never labelled, but predicted
+    matrix[3, :] = 0
+    matrix[:, 3] = 0  # a class neither labelled nor predicted
+    result = metrics.segmentation_metrics(matrix)
+    tp = np.diag(matrix).astype(float)
+    labelled, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
+    for c in range(3):
+        f1 = 2 * tp[c] / (labelled[c] + predicted[c])
+        precision = tp[c] / predicted[c]
+        assert result["per_class_f1"][c] == pytest.approx(f1, abs=0, rel=1e-12)
+        assert result["per_class_precision"][c] == pytest.approx(precision, abs=0, rel=1e-12)
+    assert result["per_class_recall"][:2] == pytest.approx(tp[:2] / labelled[:2], rel=1e-12)
+    assert math.isnan(result["per_class_recall"][2]) and math.isnan(result["per_class_f1"][3])
+    assert math.isnan(result["per_class_precision"][3])
+    assert result["mf1"] == pytest.approx(np.mean(result["per_class_f1"][:3]), rel=1e-12)
+    assert result["mprecision"] == pytest.approx(np.mean(result["per_class_precision"][:3]), rel=1e-12)
+    assert result["mrecall"] == pytest.approx(np.mean(result["per_class_recall"][:2]), rel=1e-12)
+    # F1 is the Dice coefficient, 2 IoU / (1 + IoU), class by class.
+    iou = np.asarray(result["per_class_iou"][:3])
+    np.testing.assert_allclose(result["per_class_f1"][:3], 2 * iou / (1 + iou), rtol=1e-12)

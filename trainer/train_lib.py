@@ -19,7 +19,7 @@ from trainer.cluster.preemption import PreemptionWatcher
 from trainer.cluster.strategies import StrategyName, create_strategy, default_precision, default_steps_per_loop
 from trainer.cluster.tasks import TaskInfo, task_info
 from trainer.common.errors import UserInputError
-from trainer.core import evaluation, loop_actions
+from trainer.core import class_weights, evaluation, loop_actions
 from trainer.core.config import EvalConfig, Mode, TrainConfig
 from trainer.core.continuous_eval import continuous_evaluate
 from trainer.core.controller import Controller, NanPolicy
@@ -120,7 +120,7 @@ def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> T
         context.strategy,
         state.model,
         state.optimizer,
-        context.config.loss,
+        class_weights.resolve(context.config.loss, context.info),
         state.global_step,
         options,
         ema=state.ema,
@@ -216,6 +216,9 @@ def _train(context: RunContext, profile_steps: tuple[int, int] | None) -> dict |
                 latest = context.checkpointer.latest_checkpoint
                 return evaluator.evaluate(context.step, latest, export_best_from=latest)
 
+            if evaluator.early_stopping is not None and evaluator.early_stopping.stopped:
+                logging.info("Early stopping: this run had already stopped at step %d; not training on.", context.step)
+                steps = context.step
             report = controller.train_and_evaluate(steps, context.config.evaluation.every_steps, evaluate)
         if context.config.export.at_end_of_training:
             _export(context, context.step)

@@ -93,16 +93,22 @@ class TrainConfig:
 class EvalConfig:
     """When and how to evaluate; bound in gin as `evaluation.<field>`.
 
-    `best_metric` (miou, macc, pixel_accuracy or fwiou) picks the checkpoint copied to `model_dir/best/`;
-    `continuous_timeout_secs` is how long `--mode=continuous_eval` waits for a new checkpoint before stopping.
+    `best_metric` (miou, macc, pixel_accuracy, fwiou, mf1, mprecision or mrecall) picks the checkpoint copied
+    to `model_dir/best/`; `continuous_timeout_secs` is how long `--mode=continuous_eval` waits for a new
+    checkpoint before stopping. `early_stopping_patience` > 0 ends `train_and_eval` after that many evaluations
+    in a row without `best_metric` improving on its best by more than `early_stopping_min_delta` (0: never).
     """
 
     every_steps: int = 500
     global_batch_size: int = 16
     best_metric: str = "miou"
     continuous_timeout_secs: float = 3600.0
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
 
     def __post_init__(self):
+        validate.non_negative_int("gin binding evaluation.early_stopping_patience", self.early_stopping_patience)
+        validate.non_negative_number("gin binding evaluation.early_stopping_min_delta", self.early_stopping_min_delta)
         validate.positive_int("gin binding evaluation.every_steps", self.every_steps)
         validate.positive_int("gin binding evaluation.global_batch_size", self.global_batch_size)
         validate.positive_number("gin binding evaluation.continuous_timeout_secs", self.continuous_timeout_secs)

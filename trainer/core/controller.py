@@ -143,12 +143,24 @@ class Controller:
                 self.preemption.check()
 
     def train_and_evaluate(self, final_step: int, eval_every: int, evaluate: Callable[[], dict]) -> dict:
-        """Trains to `final_step`, evaluating at every multiple of `eval_every` and at the end; the last report."""
+        """Trains to `final_step`, evaluating at every multiple of `eval_every` and at the end; the last report.
+
+        Stops early when a report's `early_stopping` decision says so (`evaluation.early_stopping_patience`).
+        """
         report = None
         while self.step < final_step:
             next_eval = (self.step // eval_every + 1) * eval_every
             self.train(min(next_eval, final_step))
             report = evaluate()
+            decision = report.get("early_stopping") or {}
+            if decision.get("stop"):
+                logging.info(
+                    "Early stopping at step %d of %d: %s. The best checkpoint is in best/.",
+                    self.step,
+                    final_step,
+                    decision["reason"],
+                )
+                return report
         return report or evaluate()
 
     def close(self) -> None:

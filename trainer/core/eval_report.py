@@ -49,13 +49,19 @@ def format_report(report: dict) -> str:
         f"labelled pixels, {report['seconds']:.1f} s",
     ]
     width = max(12, *(len(name) for name in report["per_class_iou"]))
-    lines.append(f"  {'class':<{width}}  {'IoU':>7}  {'Acc':>7}")
-    for name, iou in report["per_class_iou"].items():
-        accuracy = report["per_class_accuracy"][name]
-        cells = [f"{v:7.4f}" if v is not None else f"{'nan':>7}" for v in (iou, accuracy)]
+    columns = {"IoU": "per_class_iou", "Acc": "per_class_accuracy", "F1": "per_class_f1"}
+    columns.update({"Prec": "per_class_precision", "Recall": "per_class_recall"})
+    # Reports written before the F1/precision/recall columns existed still print.
+    columns = {label: key for label, key in columns.items() if key in report}
+    lines.append(f"  {'class':<{width}}  " + "  ".join(f"{label:>7}" for label in columns))
+    for name in report["per_class_iou"]:
+        values = [report[key][name] for key in columns.values()]
+        cells = [f"{v:7.4f}" if v is not None else f"{'nan':>7}" for v in values]
         note = "  (absent)" if name in report["absent_classes"] else ""
-        lines.append(f"  {name:<{width}}  {cells[0]}  {cells[1]}{note}")
+        lines.append(f"  {name:<{width}}  " + "  ".join(cells) + note)
     summary = {"mIoU": "miou", "mAcc": "macc", "aAcc": "pixel_accuracy", "fwIoU": "fwiou"}
+    more = {"mF1": "mf1", "mPrec": "mprecision", "mRecall": "mrecall"}
+    summary.update({label: key for label, key in more.items() if key in report})
     lines.append("  " + "  ".join(f"{label} {report[key]:.4f}" for label, key in summary.items()))
     if report["absent_classes"]:
         absent = ", ".join(report["absent_classes"])

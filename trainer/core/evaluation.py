@@ -22,6 +22,7 @@ from trainer.common.files import write_atomically
 from trainer.core import eval_loop, metrics
 from trainer.core.best_checkpoint import BestCheckpoint
 from trainer.core.config import EvalConfig
+from trainer.core.early_stopping import EarlyStopping
 from trainer.core.eval_report import format_report, is_number, json_ready, report_path, saved_report
 from trainer.core.inference import InferenceConfig
 from trainer.data.info import DatasetInfo
@@ -65,6 +66,12 @@ class Evaluator:
         self._eval_images = eval_images
         self._model = model
         self.best = BestCheckpoint(os.path.join(model_dir, BEST_SUBDIR), eval_config.best_metric)
+        self.early_stopping = None
+        if eval_config.early_stopping_patience:
+            self.early_stopping = EarlyStopping(
+                eval_config.best_metric, eval_config.early_stopping_patience, eval_config.early_stopping_min_delta
+            )
+            self.early_stopping.replay(model_dir)
         # Swaps the weights to evaluate in (e.g. the EMA averages) around every evaluation.
         self._weights_context = weights_context or contextlib.nullcontext
         self._eval_loop = eval_loop.make_eval_loop(
@@ -105,8 +112,7 @@ class Evaluator:
             "step": step,
             "checkpoint": checkpoint_path,
             **{name: results[name] for name in metrics.SCALAR_METRICS},
-            "per_class_iou": dict(zip(names, json_ready(results["per_class_iou"]), strict=True)),
-            "per_class_accuracy": dict(zip(names, json_ready(results["per_class_accuracy"]), strict=True)),
+            **{key: dict(zip(names, json_ready(results[key]), strict=True)) for key in metrics.PER_CLASS_METRICS},
             "absent_classes": [names[c] for c in results["absent_classes"]],
             "num_pixels": results["num_pixels"],
             "num_examples": self.info.num_eval_examples,
@@ -114,12 +120,15 @@ class Evaluator:
             "seconds": round(time.perf_counter() - started, 3),
             "confusion_matrix": results["confusion_matrix"],
         }
+        # Only evaluations during training (which may update best/) decide when training stops.
+        if self.early_stopping is not None and export_best_from is not None:
+            report["early_stopping"] = self.early_stopping.observe(report)
         if not self.task.is_chief:
             logging.info("Evaluation at step %d: mIoU %.4f (the chief reports the details).", step, report["miou"])
             return report
         logging.info("%s", format_report(report))
         scalars = {name: report[name] for name in metrics.SCALAR_METRICS if is_number(report[name])}
-        for prefix, key in (("iou", "per_class_iou"), ("accuracy", "per_class_accuracy")):
+        for key, prefix in metrics.PER_CLASS_METRICS.items():
             scalars.update({f"{prefix}/{name}": value for name, value in report[key].items() if value is not None})
         summaries.write_scalars(self.writer, scalars, step)
         path = report_path(self.model_dir, step)

@@ -4,7 +4,15 @@ import numpy as np
 import tensorflow as tf
 
 # The scalar metrics `segmentation_metrics` returns; all are "higher is better" (any can pick the best checkpoint).
-SCALAR_METRICS = ("miou", "macc", "pixel_accuracy", "fwiou")
+SCALAR_METRICS = ("miou", "macc", "pixel_accuracy", "fwiou", "mf1", "mprecision", "mrecall")
+# The per-class metrics, by report key and the short name of their TensorBoard tags.
+PER_CLASS_METRICS = {
+    "per_class_iou": "iou",
+    "per_class_accuracy": "accuracy",
+    "per_class_f1": "f1",
+    "per_class_precision": "precision",
+    "per_class_recall": "recall",
+}
 
 
 def confusion_matrix(labels: tf.Tensor, predictions: tf.Tensor, num_classes: int, ignore_label: int) -> tf.Tensor:
@@ -32,6 +40,11 @@ def segmentation_metrics(matrix: np.ndarray) -> dict:
     - `macc`: the mean of the per-class accuracies that are not NaN.
     - `pixel_accuracy` (mmsegmentation's aAcc): correctly classified pixels / all counted pixels.
     - `fwiou`: the per-class IoUs weighted by each class's share of the labelled pixels.
+    - `per_class_f1`: the F1 score, equal to the Dice coefficient, 2 TP / (2 TP + FP + FN); NaN for a class
+      absent from both labels and predictions. `mf1`: their mean over the numbers.
+    - `per_class_precision`: TP / (pixels predicted as the class); NaN for a class never predicted.
+    - `per_class_recall`: TP / (pixels labelled with the class), the per-class accuracy. `mprecision`,
+      `mrecall`: their means over the numbers.
 
     Returns:
       The metrics above (per-class ones as lists in class order), `absent_classes` (class ids absent from labels
@@ -48,6 +61,8 @@ def segmentation_metrics(matrix: np.ndarray) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         per_class_iou = np.where(union > 0, true_positives / union, np.nan)
         per_class_accuracy = np.where(label_pixels > 0, true_positives / label_pixels, np.nan)
+        per_class_f1 = np.where(union > 0, 2 * true_positives / (label_pixels + predicted_pixels), np.nan)
+        per_class_precision = np.where(predicted_pixels > 0, true_positives / predicted_pixels, np.nan)
     has_labels = label_pixels > 0
     # A class with labelled pixels always has a union > 0, so its IoU is a number.
     frequency_weighted_iou = np.sum(label_pixels[has_labels] / total * per_class_iou[has_labels]) if total else np.nan
@@ -56,8 +71,14 @@ def segmentation_metrics(matrix: np.ndarray) -> dict:
         "macc": _nanmean(per_class_accuracy),
         "pixel_accuracy": float(true_positives.sum() / total) if total > 0 else float("nan"),
         "fwiou": float(frequency_weighted_iou),
+        "mf1": _nanmean(per_class_f1),
+        "mprecision": _nanmean(per_class_precision),
+        "mrecall": _nanmean(per_class_accuracy),
         "per_class_iou": per_class_iou.tolist(),
         "per_class_accuracy": per_class_accuracy.tolist(),
+        "per_class_f1": per_class_f1.tolist(),
+        "per_class_precision": per_class_precision.tolist(),
+        "per_class_recall": per_class_accuracy.tolist(),
         "absent_classes": np.flatnonzero(np.isnan(per_class_iou)).tolist(),
         "num_pixels": int(total),
         "confusion_matrix": matrix.tolist(),

@@ -83,7 +83,8 @@ class ReplicaStep:
     ) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
         with tf.GradientTape() as tape:
             logits = self._model(images, training=True)
-            cross_entropy = self._loss.loss_sum(labels, logits, self._options.ignore_label) / normalizer
+            # `cross_entropy` holds the data term: the weighted sum of `loss.terms` (cross-entropy by default).
+            cross_entropy = self._loss.weighted_loss(labels, logits, self._options.ignore_label, normalizer)
             if self._options.l2_weight_decay:
                 l2 = decay_coefficient * losses.l2_kernel_penalty(self._variables)
             else:
@@ -135,7 +136,7 @@ class ReplicaStep:
         num_replicas = replica_context.num_replicas_in_sync
         accumulation = self._options.gradient_accumulation_steps
         normalizer = replica_context.all_reduce(
-            tf.distribute.ReduceOp.SUM, self._loss.normalizer(labels, self._options.ignore_label)
+            tf.distribute.ReduceOp.SUM, self._loss.term_normalizers(labels, self._options.ignore_label)
         )
         normalizer = tf.maximum(normalizer, 1.0)
         # Gradients are summed across replicas and micro-batches, so each carries its share of the penalty.

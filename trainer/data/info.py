@@ -29,6 +29,9 @@ class SplitInfo:
       max_image_size: (height, width), each the largest over the split.
       image_sizes: the most common image sizes as (height, width, count), most frequent first; the counts
         of sizes not listed add up to `num_examples` minus the counts listed.
+      class_pixels: labelled pixels of each class, in class-id order (empty when not counted).
+      class_images: images holding at least one pixel of each class, in class-id order (empty when not counted).
+      ignored_pixels: pixels carrying the ignore label.
     """
 
     name: str
@@ -38,9 +41,14 @@ class SplitInfo:
     min_image_size: tuple[int, int] | None = None
     max_image_size: tuple[int, int] | None = None
     image_sizes: tuple[tuple[int, int, int], ...] = ()
+    class_pixels: tuple[int, ...] = ()
+    class_images: tuple[int, ...] = ()
+    ignored_pixels: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "files", tuple(self.files))
+        for field in ("class_pixels", "class_images"):
+            object.__setattr__(self, field, tuple(int(v) for v in getattr(self, field)))
         object.__setattr__(self, "image_sizes", tuple(tuple(int(v) for v in size) for size in self.image_sizes))
         for field in ("min_image_size", "max_image_size"):
             if getattr(self, field) is not None:
@@ -122,6 +130,13 @@ class DatasetInfo:
         names = [split.name for split in self.splits]
         if len(set(names)) != len(names):
             raise UserInputError(f"{where}: expected distinct split names, received {names}")
+
+    def train_split(self) -> SplitInfo | None:
+        """The split the training files are (the converter's report on them), or None if not a converted split."""
+        for split in self.splits:
+            if split.files == self.train_files:
+                return split
+        return None
 
     def split(self, name: str) -> SplitInfo:
         """Returns the split called `name`.

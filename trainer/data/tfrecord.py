@@ -4,11 +4,16 @@ import dataclasses
 import os
 
 import gin
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
+from trainer.data import label_stats, schema
+
+# Records whose labels `tfrecord_dataset` reads when it is built, to catch 0/255 binary masks early.
+_RECORDS_CHECKED = 64
 
 
 def _glob(patterns: str, binding: str) -> tuple[str, ...]:
@@ -35,6 +40,18 @@ def count_examples(files: tuple[str, ...]) -> int:
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return int(records.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1).numpy())
+
+
+def label_histogram(files: tuple[str, ...], max_records: int = _RECORDS_CHECKED) -> np.ndarray:
+    """int64 [256]: the label values of the first `max_records` records of `files`, counted."""
+    records = tf.data.TFRecordDataset(list(files)).take(max_records)
+    total = np.zeros(label_stats.NUM_VALUES, np.int64)
+    for serialized in records:
+        features = tf.io.parse_single_example(
+            serialized, {schema.LABEL_ENCODED: schema.FEATURE_SPEC[schema.LABEL_ENCODED]}
+        )
+        total += label_stats.histogram(tf.io.decode_png(features[schema.LABEL_ENCODED], channels=1).numpy())
+    return total
 
 
 @gin.configurable
@@ -69,6 +86,14 @@ def tfrecord_dataset(
     eval_files = _glob(eval_pattern, "tfrecord_dataset.eval_pattern")
     if not class_names:
         class_names = tuple(f"class_{i}" for i in range(num_classes))
+    label_stats.check_not_binary_ignored(
+        f"tfrecord_dataset.train_pattern={train_pattern!r} (its first {_RECORDS_CHECKED} records)",
+        label_histogram(train_files),
+        tuple(class_names),
+        ignore_label,
+        f"If {ignore_label} marks the foreground, re-convert the masks with `python -m trainer.data.convert "
+        f"folder --binary` (or --label_map={ignore_label}:1), or write class 1 there yourself.",
+    )
     num_train_examples = count_examples(train_files)
     num_eval_examples = count_examples(eval_files)
     logging.info(

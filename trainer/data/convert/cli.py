@@ -7,6 +7,7 @@ Formats: voc, cityscapes, ade20k, folder, tfds. Examples:
   python -m trainer.data.convert ade20k --source_dir=/data/ADEChallengeData2016 --output_dir=/data/ade_tfrecords
   python -m trainer.data.convert folder --source_dir=/data/mine --class_names=background,road \
       --output_dir=/data/mine_tfrecords
+  python -m trainer.data.convert folder --source_dir=/data/cracks --binary --output_dir=/data/cracks_tfrecords
   python -m trainer.data.convert tfds --tfds_name=oxford_iiit_pet --class_names=background,pet \
       --label_map=1:1,2:0,3:255 --output_dir=/data/pets_tfrecords
 Then train with `--gin_bindings="run.dataset=@converted_dataset"
@@ -44,6 +45,12 @@ _CLASS_NAMES_FILE = flags.DEFINE_string(
 )
 _IGNORE_LABEL = flags.DEFINE_integer("ignore_label", 255, "folder, tfds: the mask value of pixels to skip.")
 _LABEL_MAP = flags.DEFINE_string("label_map", "", "folder, tfds: mask value to class id, e.g. '1:1,2:0,3:255'.")
+_BINARY = flags.DEFINE_boolean(
+    "binary",
+    False,
+    "folder, tfds: 0/255 binary masks: 255 becomes class 1 (the same as --label_map=255:1); the classes default "
+    "to background,foreground.",
+)
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "folder: the share of a flat images/ that becomes val.")
 _NAME = flags.DEFINE_string("name", None, "folder: the dataset's name (default: the directory's).")
 _TFDS_NAME = flags.DEFINE_string("tfds_name", None, "tfds: the dataset, e.g. oxford_iiit_pet.")
@@ -57,7 +64,16 @@ _FORMAT_FLAGS = {
     "voc": {"source_dir", "sbd_dir"},
     "cityscapes": {"source_dir", "splits"},
     "ade20k": {"source_dir"},
-    "folder": {"source_dir", "class_names", "class_names_file", "ignore_label", "label_map", "val_fraction", "name"},
+    "folder": {
+        "source_dir",
+        "class_names",
+        "class_names_file",
+        "ignore_label",
+        "label_map",
+        "binary",
+        "val_fraction",
+        "name",
+    },
     "tfds": {
         "tfds_name",
         "tfds_data_dir",
@@ -68,6 +84,7 @@ _FORMAT_FLAGS = {
         "class_names_file",
         "ignore_label",
         "label_map",
+        "binary",
         "download",
     },
 }
@@ -94,7 +111,20 @@ def _classes() -> tuple[tuple[str, ...], tuple | None]:
         raise UserInputError("--class_names and --class_names_file: expected one of them, received both")
     if _CLASS_NAMES_FILE.value:
         return folder.read_class_file(_CLASS_NAMES_FILE.value)
+    if _BINARY.value and not _CLASS_NAMES.value:
+        return ("background", "foreground"), None
     return tuple(_CLASS_NAMES.value or ()), None
+
+
+def _label_map() -> dict[int, int]:
+    mapping = reading.parse_label_map(_LABEL_MAP.value)
+    if _BINARY.value:
+        if mapping.get(255, 1) != 1:
+            raise UserInputError(
+                f"--binary and --label_map: --binary maps 255 to 1, --label_map maps it to {mapping[255]}; give one"
+            )
+        mapping[255] = 1
+    return mapping
 
 
 def _voc() -> DatasetSource:
@@ -119,7 +149,7 @@ def _folder() -> DatasetSource:
         class_names,
         palette=palette,
         ignore_label=_IGNORE_LABEL.value,
-        label_map=reading.parse_label_map(_LABEL_MAP.value),
+        label_map=_label_map(),
         val_fraction=_VAL_FRACTION.value,
         name=_NAME.value,
         **_split_defaults({}),
@@ -135,7 +165,7 @@ def _tfds() -> DatasetSource:
         image_feature=_IMAGE_FEATURE.value,
         mask_feature=_MASK_FEATURE.value,
         splits=tuple(_SPLITS.value or ()),
-        label_map=reading.parse_label_map(_LABEL_MAP.value),
+        label_map=_label_map(),
         ignore_label=_IGNORE_LABEL.value,
         palette=palette,
         download=_DOWNLOAD.value,

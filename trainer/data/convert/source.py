@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.common import images
-from trainer.data import schema
+from trainer.data import label_stats, schema
 
 
 class BadExample(Exception):
@@ -87,8 +87,10 @@ def _check_label(label: np.ndarray, num_classes: int, ignore_label: int) -> None
         )
 
 
-def serialized_example(example: SourceExample, num_classes: int, ignore_label: int) -> tuple[bytes, tuple[int, int]]:
-    """Reads, decodes and checks one example; returns it serialized in the trainer's schema, and its size.
+def serialized_example(
+    example: SourceExample, num_classes: int, ignore_label: int
+) -> tuple[bytes, tuple[int, int], np.ndarray]:
+    """Reads, decodes and checks one example; returns it serialized, its size and its label histogram [256].
 
     Raises:
       BadExample: naming `example.location` and what is wrong with it.
@@ -122,7 +124,8 @@ def serialized_example(example: SourceExample, num_classes: int, ignore_label: i
                 f"received {label.shape[0]}x{label.shape[1]}"
             )
         _check_label(label, num_classes, ignore_label)
-        return schema.encode_example(image, label, example.key, encoded_image=encoded), label.shape
+        serialized = schema.encode_example(image, label, example.key, encoded_image=encoded)
+        return serialized, label.shape, label_stats.histogram(label)
     except BadExample as error:
         raise BadExample(f"{example.location}: {error}") from None
     except (OSError, ValueError, tf.errors.OpError) as error:

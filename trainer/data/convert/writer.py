@@ -22,6 +22,7 @@ from absl import logging
 from trainer.common import validate
 from trainer.common.errors import UserInputError
 from trainer.data import info as info_lib
+from trainer.data import label_stats
 from trainer.data.convert.source import BadExample, DatasetSource, SourceExample, SplitSource, serialized_example
 
 # One shard per this many examples unless --num_shards says otherwise: VOC's 1,464 training images make 3
@@ -43,6 +44,7 @@ class SplitReport:
     name: str
     num_written: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    labels: label_stats.LabelCounts = dataclasses.field(default_factory=label_stats.LabelCounts)
 
 
 def _ordered_map(function: Callable, items: Iterable, num_workers: int) -> Iterator:
@@ -87,7 +89,7 @@ class _Conversion:
 
     staging: str
     target: str
-    num_classes: int
+    class_names: tuple[str, ...]
     ignore_label: int
     num_shards: int
     skip_bad_examples: bool
@@ -159,13 +161,15 @@ def _skip_bad_example(
 def _write_examples(split: SplitSource, conversion: _Conversion, shards: _ShardWriter, report: SplitReport) -> None:
     started = time.perf_counter()
     validated = functools.partial(
-        serialized_example, num_classes=conversion.num_classes, ignore_label=conversion.ignore_label
+        serialized_example, num_classes=len(conversion.class_names), ignore_label=conversion.ignore_label
     )
     for example, result in _ordered_map(validated, _write_order(split), conversion.num_workers):
         if isinstance(result, BadExample):
             _skip_bad_example(split, example, result, report, conversion.skip_bad_examples)
             continue
-        shards.write(*result)
+        serialized, size, histogram = result
+        shards.write(serialized, size)
+        report.labels.add(histogram)
         report.num_written = shards.num_written
         if report.num_written % _LOG_EVERY_EXAMPLES == 0:
             logging.info(
@@ -177,7 +181,7 @@ def _write_examples(split: SplitSource, conversion: _Conversion, shards: _ShardW
 
 
 def _split_info(
-    name: str, files: tuple[str, ...], report: SplitReport, sizes: collections.Counter
+    name: str, files: tuple[str, ...], report: SplitReport, sizes: collections.Counter, conversion: "_Conversion"
 ) -> info_lib.SplitInfo:
     heights = [h for h, _ in sizes]
     widths = [w for _, w in sizes]
@@ -189,6 +193,9 @@ def _split_info(
         min_image_size=(min(heights), min(widths)),
         max_image_size=(max(heights), max(widths)),
         image_sizes=tuple((h, w, count) for (h, w), count in sizes.most_common(_IMAGE_SIZES_LISTED)),
+        class_pixels=report.labels.class_pixels(len(conversion.class_names)),
+        class_images=report.labels.class_images(len(conversion.class_names)),
+        ignored_pixels=int(report.labels.pixels[conversion.ignore_label]),
     )
 
 
@@ -206,6 +213,14 @@ def _write_split(split: SplitSource, conversion: _Conversion) -> tuple[info_lib.
             f"Converting split {split.name!r}: expected at least one example, received none "
             f"({len(report.skipped)} skipped as bad). Check --source_dir and the split's files."
         )
+    label_stats.check_not_binary_ignored(
+        f"Converting split {split.name!r}",
+        report.labels.pixels,
+        conversion.class_names,
+        conversion.ignore_label,
+        f"If {conversion.ignore_label} marks the foreground, pass --binary (the same as "
+        f"--label_map={conversion.ignore_label}:1) to make it class 1.",
+    )
     files = shards.finish(conversion.target)
     logging.info(
         "%s: %d examples in %d files, %d skipped, %.1f s",
@@ -215,7 +230,7 @@ def _write_split(split: SplitSource, conversion: _Conversion) -> tuple[info_lib.
         len(report.skipped),
         time.perf_counter() - started,
     )
-    return _split_info(split.name, files, report, shards.sizes), report
+    return _split_info(split.name, files, report, shards.sizes, conversion), report
 
 
 def _is_nonempty_directory(path: str) -> bool:
@@ -304,7 +319,7 @@ def write_dataset(
     conversion = _Conversion(
         staging=staging,
         target=output_dir,
-        num_classes=len(source.class_names),
+        class_names=source.class_names,
         ignore_label=source.ignore_label,
         num_shards=num_shards,
         skip_bad_examples=skip_bad_examples,
@@ -314,6 +329,8 @@ def write_dataset(
         written = [_write_split(split, conversion) for split in source.splits]
         reports = [report for _, report in written]
         info = _dataset_info(source, [split_info for split_info, _ in written])
+        train = info.train_split()
+        label_stats.warn_missing_classes(f"Training split {train.name!r}", train.class_pixels, info.class_names)
         info_lib.save(info, os.path.join(staging, info_lib.INFO_FILENAME), files_relative_to=output_dir)
         _move_into_place(staging, output_dir)
     except BaseException:
