@@ -23,7 +23,9 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
-        "dev": ["pytest", "pytest-xdist", "ruff"],
+        "dev": ["pytest", "pytest-xdist", "ruff", "tifffile"],  # tifffile: the TIFF tests
+        # Multi-page and multi-band TIFF images in the converters.
+        "tiff": ["tifffile"],
     },
     entry_points={
         "console_scripts": [

@@ -88,6 +88,7 @@ def build_context(
         train,
         config.optimizer if mode in TRAINING_MODES else None,
         config.batch_norm,
+        channels=info.image_channels,
     )
     streams = [summaries.TRAIN_SUBDIR] if mode in TRAINING_MODES else []
     streams += [summaries.EVAL_SUBDIR] if mode in EVALUATING_MODES else []

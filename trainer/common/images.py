@@ -22,6 +22,20 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def displayable(images: np.ndarray) -> np.ndarray:
+    """float [..., C] model inputs as RGB uint8 to look at: 3 channels as they are, more than 3 their first three
+    (RGB first in most multi-band data), fewer their first channel as grey; each image stretched to its own
+    min-max range unless it is RGB in [-1, 1] already."""
+    images = np.asarray(images, np.float32)
+    channels = images.shape[-1]
+    if channels == 3 and images.min(initial=0.0) >= -1.0 and images.max(initial=0.0) <= 1.0:
+        return to_uint8(images)
+    rgb = images[..., :3] if channels >= 3 else np.repeat(images[..., :1], 3, axis=-1)
+    axes = tuple(range(1, rgb.ndim)) if rgb.ndim == 4 else None
+    low, high = rgb.min(axis=axes, keepdims=True), rgb.max(axis=axes, keepdims=True)
+    return to_uint8((rgb - low) / np.maximum(high - low, 1e-6) * 2.0 - 1.0)
+
+
 def to_uint8_tensor(images: tf.Tensor) -> tf.Tensor:
     """`to_uint8` for tensors, inside a graph."""
     return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)

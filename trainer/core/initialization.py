@@ -38,6 +38,8 @@ def initialize_model(model: keras.Model, config: InitConfig) -> None:
     if config.keras_h5:
         report = pretrained.load_keras_applications_h5(model.backbone, config.keras_h5)
         logging.info("Initialised the backbone from %s: %d layers matched.", config.keras_h5, len(report.matched))
+        for adapted in report.adapted_to_channels:
+            logging.info("Adapted RGB weights to the dataset's channels: %s.", adapted)
     elif config.checkpoint:
         parts = pretrained.restore_from_checkpoint(model, config.checkpoint, parts=config.checkpoint_parts)
         logging.info("Initialised %s from %s.", ", ".join(parts), config.checkpoint)

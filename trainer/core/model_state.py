@@ -36,17 +36,19 @@ def build_model_state(
     train_config: TrainConfig,
     optimizer_config: optim.OptimizerConfig | None,
     batch_norm: BatchNormConfig,
+    channels: int = 3,
 ) -> ModelState:
     """Builds the model (and, given `optimizer_config`, its optimizer) in the strategy's scope and dtype policy.
 
-    `batch_norm` reaches every batch-norm layer before the model is built. `train_config.precision` must be
+    `batch_norm` reaches every batch-norm layer before the model is built; its first convolution takes
+    `channels` input channels (the dataset's `image_channels`). `train_config.precision` must be
     filled in (see `TrainConfig.with_defaults`).
     """
     # The dtype policy must be in force while the layers are constructed (they keep it).
     with strategy.scope(), precision.policy_scope(train_config.precision):
         model = model_fn()
         configure_batch_norm(model, batch_norm)
-        model(tf.zeros([1, *input_size, 3]), training=False)
+        model(tf.zeros([1, *input_size, channels]), training=False)
         optimizer = None
         if optimizer_config is not None:
             optimizer = optim.build_optimizer(optimizer_config, total_steps=train_config.steps, model=model)

@@ -39,8 +39,10 @@ def _padded(
 ) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
     """Returns `serialized -> (image, label)`: the record decoded and padded to height x width."""
 
+    normalize = pipeline.normalizer(info)
+
     def preprocess(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, label, filename = records.parse_and_check(serialized, info)
+        image, label, filename = records.parse_and_check(serialized, info, normalize)
         size = tf.shape(image)[:2]
         check = schema.check_record(
             tf.logical_and(size[0] <= height, size[1] <= width),
@@ -53,19 +55,21 @@ def _padded(
         )
         with tf.control_dependencies([check]):
             image, label = augment.pad_to_size(image, label, height, width, info.ignore_label, pipeline.pad_value)
-        image = tf.ensure_shape(image, [height, width, 3])
+        image = tf.ensure_shape(image, [height, width, info.image_channels])
         label = tf.ensure_shape(tf.cast(label, tf.int32), [height, width])
         return image, label
 
     return preprocess
 
 
-def _all_padding(pad_value: float | tuple[float, ...], ignore_label: int, height: int, width: int) -> tf.data.Dataset:
+def _all_padding(
+    pad_value: float | tuple[float, ...], ignore_label: int, height: int, width: int, channels: int = 3
+) -> tf.data.Dataset:
     """Returns endless examples of padding only: the image all `pad_value`, the label all ignored."""
-    pad_values = pad_value if isinstance(pad_value, tuple) else (pad_value,) * 3
+    pad_values = pad_value if isinstance(pad_value, tuple) else (pad_value,) * channels
     return tf.data.Dataset.from_tensors(
         (
-            tf.broadcast_to(tf.constant(pad_values, tf.float32), [height, width, 3]),
+            tf.broadcast_to(tf.constant(pad_values, tf.float32), [height, width, channels]),
             tf.fill([height, width], tf.constant(ignore_label, tf.int32)),
         )
     ).repeat()
@@ -95,7 +99,7 @@ def eval_dataset(
     dataset = dataset.map(
         _padded(pipeline, info, height, width), num_parallel_calls=pipeline.parallel_calls, deterministic=True
     )
-    padding = _all_padding(pipeline.pad_value, info.ignore_label, height, width)
+    padding = _all_padding(pipeline.pad_value, info.ignore_label, height, width, info.image_channels)
     dataset = dataset.concatenate(padding).take(examples_per_pipeline)
     dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(pipeline.prefetch_batches).with_options(pipeline.tf_data_options())

@@ -71,6 +71,11 @@ class DatasetInfo:
       max_image_size: (height, width) of the largest image, the padded size at evaluation; None if unknown.
       palette: one RGB colour per class for visualisations; None leaves the choice to the reader.
       splits: every split the converter wrote (train and eval among them); empty for other datasets.
+      image_channels: channels (bands) of every image: 3 for RGB, 1 grey, 4 e.g. RGB + near-infrared, ...
+      image_dtype: the pixel type of every image, `uint8` or `uint16`.
+      channel_mean: each channel's mean pixel value over the training split (the converter computes it), or
+        None; with `channel_std`, what `input_pipeline` normalises images other than RGB uint8 with.
+      channel_std: each channel's standard deviation over the training split, or None.
     """
 
     name: str
@@ -84,6 +89,10 @@ class DatasetInfo:
     max_image_size: tuple[int, int] | None = None
     palette: tuple[RGB, ...] | None = None
     splits: tuple[SplitInfo, ...] = ()
+    image_channels: int = 3
+    image_dtype: str = "uint8"
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
 
     def __post_init__(self):
         # Coerce lists (from JSON or gin) to tuples so instances stay hashable and compare equal.
@@ -127,6 +136,17 @@ class DatasetInfo:
                     raise UserInputError(
                         f"{where}: expected palette colours (r, g, b) of ints in [0, 255], received {colour}"
                     )
+        validate.positive_int(f"{where}.image_channels", self.image_channels)
+        validate.choice(f"{where}.image_dtype", self.image_dtype, ("uint8", "uint16"))
+        for field in ("channel_mean", "channel_std"):
+            values = getattr(self, field)
+            if values is None:
+                continue
+            object.__setattr__(self, field, tuple(float(v) for v in values))
+            if len(values) != self.image_channels:
+                raise UserInputError(
+                    f"{where}: expected {field} of {self.image_channels} values (one per channel), received {values}"
+                )
         names = [split.name for split in self.splits]
         if len(set(names)) != len(names):
             raise UserInputError(f"{where}: expected distinct split names, received {names}")

@@ -6,13 +6,14 @@ training stream (resumable at any step, see there), `eval_input` the eval one.
 
 import dataclasses
 import os
+from collections.abc import Callable
 
 import gin
 import tensorflow as tf
 
 from trainer.common import validate
 from trainer.common.errors import UserInputError, expected
-from trainer.data import augment, eval_input, train_input
+from trainer.data import augment, eval_input, records, train_input
 from trainer.data.info import DatasetInfo
 from trainer.data.jitter import PhotometricJitter
 
@@ -22,13 +23,13 @@ _PREFIX = "input_pipeline"
 
 
 def _checked_pad_value(pad_value: float | tuple[float, ...]) -> float | tuple[float, ...]:
-    """Returns `pad_value` (a list made a tuple of floats) if it is one value or three in [-1, 1]."""
+    """Returns `pad_value` (a list made a tuple of floats) if it is one value or one per channel in [-1, 1]."""
     if isinstance(pad_value, (list, tuple)):
         pad_value = tuple(float(v) for v in pad_value)
     pad_values = pad_value if isinstance(pad_value, tuple) else (pad_value,)
-    if len(pad_values) not in (1, 3) or not all(-1 <= v <= 1 for v in pad_values):
+    if not pad_values or not all(-1 <= v <= 1 for v in pad_values):
         raise expected(
-            f"{_PREFIX}.pad_value", "one value or three (one per channel) in the model's input range [-1, 1]", pad_value
+            f"{_PREFIX}.pad_value", "one value or one per channel in the model's input range [-1, 1]", pad_value
         )
     return pad_value
 
@@ -77,6 +78,10 @@ class InputPipeline:
         then depends on which worker answers first, and a resumed run restarts at an epoch boundary.
       tf_data_service_job_name: the job every trainer input pipeline reads from, so that each batch goes to
         one of them.
+      channel_mean: per-channel mean pixel values (in the images' own units, e.g. 0-65535 for uint16) to
+        normalise with, (x - mean) / std, instead of the default: RGB uint8 to [-1, 1], other images by the
+        dataset's statistics (`dataset_info.json`). Needs `channel_std`.
+      channel_std: per-channel standard deviations, with `channel_mean`.
       skip_corrupt_records: read past damaged TFRecord files instead of stopping: each damaged file is read up
         to its first corrupt record (the records after it cannot be located), and the files, records and
         losses are counted and logged when the pipeline is built. Off by default: a corrupt file is an error
@@ -103,8 +108,17 @@ class InputPipeline:
     tf_data_service_address: str | None = None
     tf_data_service_job_name: str = "deeplab_trainer"
     skip_corrupt_records: bool = False
+    channel_mean: tuple[float, ...] | None = None
+    channel_std: tuple[float, ...] | None = None
 
     def __post_init__(self):
+        if (self.channel_mean is None) != (self.channel_std is None):
+            raise UserInputError(
+                f"{_PREFIX}.channel_mean and {_PREFIX}.channel_std: expected both or neither, received "
+                f"{self.channel_mean!r} and {self.channel_std!r}"
+            )
+        if self.channel_std is not None and not all(isinstance(v, int | float) and v > 0 for v in self.channel_std):
+            raise UserInputError(f"{_PREFIX}.channel_std: expected positive numbers, received {self.channel_std!r}")
         object.__setattr__(self, "crop_size", validate.size_pair(f"{_PREFIX}.crop_size", self.crop_size))
         if self.eval_size is not None:
             object.__setattr__(self, "eval_size", validate.size_pair(f"{_PREFIX}.eval_size", self.eval_size))
@@ -122,6 +136,10 @@ class InputPipeline:
                 f"False; received {self.autotune_ram_budget_mb}"
             )
         _check_service_address(self.tf_data_service_address)
+
+    def normalizer(self, info: DatasetInfo) -> Callable[[tf.Tensor], tf.Tensor]:
+        """`pixels -> model input` for `info`'s images (see `records.pixel_normalizer`)."""
+        return records.pixel_normalizer(info, self.channel_mean, self.channel_std)
 
     @property
     def parallel_calls(self) -> int:

@@ -120,9 +120,16 @@ def augmentation(
     # Augmentation seeds depend on (seed, pipeline, epoch, position) only, never on thread scheduling.
     augment_seed = tf.constant([pipeline.seed, pipeline_id + 2**31], tf.int64)
     height, width = pipeline.crop_size
+    if pipeline.photometric_jitter is not None and not records.is_rgb_uint8(info):
+        raise UserInputError(
+            f"input_pipeline.photometric_jitter: expected None for dataset {info.name!r}, whose images have "
+            f"{info.image_channels} channel(s) of {info.image_dtype}: brightness, contrast, saturation and hue are "
+            "defined here for RGB uint8 images in [-1, 1] only. Remove the binding."
+        )
+    normalize = pipeline.normalizer(info)
 
     def preprocess(epoch: tf.Tensor, position: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, label, _ = records.parse_and_check(serialized, info)
+        image, label, _ = records.parse_and_check(serialized, info, normalize)
         element_seed = tf.random.experimental.stateless_fold_in(
             tf.random.experimental.stateless_fold_in(augment_seed, epoch), position
         )

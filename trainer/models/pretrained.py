@@ -28,6 +28,7 @@ class LoadReport:
     missing_in_file: tuple[str, ...]
     unused_in_file: tuple[str, ...]
     num_weights_loaded: int
+    adapted_to_channels: tuple[str, ...] = ()
 
 
 def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fraction: float = 0.9) -> LoadReport:
@@ -52,6 +53,7 @@ def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fra
         raise UserInputError(f"{owner}: expected an existing .h5 weights file, received {path!r} (no such file)")
     file_layers, values = _read_h5(owner, path, layers)
     matched = tuple(values)
+    adapted = adapt_rgb_stem(layers, values)
     for name in matched:
         _check_shapes(owner, path, name, layers[name], file_layers[name], values[name])
     if len(matched) < min_matched_fraction * len(layers):
@@ -67,6 +69,7 @@ def load_keras_applications_h5(backbone: keras.Model, path: str, min_matched_fra
         missing_in_file=tuple(name for name in layers if name not in file_layers),
         unused_in_file=tuple(name for name in file_layers if name not in layers),
         num_weights_loaded=sum(len(values[name]) for name in matched),
+        adapted_to_channels=adapted,
     )
     _log_report(report, len(layers), backbone.name, path)
     return report
@@ -149,6 +152,34 @@ def _read_h5(
         raise UserInputError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
 
 
+def rgb_kernel_for_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """A convolution kernel [kh, kw, 3, out] of RGB inputs adapted to `channels` inputs.
+
+    Each new input channel gets the mean of the RGB kernels scaled by 3 / channels, so an image whose channels
+    all equal a grey image g gives the response the RGB kernel gives to g replicated to RGB.
+    """
+    mean = kernel.mean(axis=2, keepdims=True)
+    return np.repeat(mean * (3.0 / channels), channels, axis=2).astype(kernel.dtype)
+
+
+def adapt_rgb_stem(layers: dict[str, keras.layers.Layer], values: dict[str, list[np.ndarray]]) -> tuple[str, ...]:
+    """Adapts, in `values`, the RGB kernels of layers built for another number of input channels; their names.
+
+    A layer qualifies when its file kernel is [kh, kw, 3, out] and its own is [kh, kw, C, out], C != 3: the
+    stem convolution of a backbone built on a C-channel dataset.
+    """
+    adapted = []
+    for name, arrays in values.items():
+        weights = layers[name].weights
+        if not arrays or not weights or arrays[0].ndim != 4 or len(weights[0].shape) != 4:
+            continue
+        channels = int(weights[0].shape[2])
+        if arrays[0].shape[2] == 3 and channels != 3 and arrays[0].shape[3] == weights[0].shape[3]:
+            values[name] = [rgb_kernel_for_channels(arrays[0], channels), *arrays[1:]]
+            adapted.append(f"{name} (3 -> {channels} input channels)")
+    return tuple(adapted)
+
+
 def _log_report(report: LoadReport, num_layers: int, backbone_name: str, path: str) -> None:
     logging.info(
         "Loaded %d arrays into %d of %d layers of %s from %s.",
@@ -158,6 +189,11 @@ def _log_report(report: LoadReport, num_layers: int, backbone_name: str, path: s
         backbone_name,
         path,
     )
+    if report.adapted_to_channels:
+        logging.info(
+            "Adapted the RGB kernels of %s: the mean over R, G and B repeated per input channel, scaled by 3/C.",
+            ", ".join(report.adapted_to_channels),
+        )
     if report.missing_in_file:
         logging.warning("Not in %s (left at their initialisation): %s", path, ", ".join(report.missing_in_file))
     if report.unused_in_file:

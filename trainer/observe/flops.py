@@ -83,7 +83,13 @@ def graph_flops(graph: tf.Graph) -> FlopCount:
 
 
 def forward_flops_per_image(model: keras.Model, height: int, width: int) -> FlopCount:
-    """Forward-pass FLOPs of `model` for one height×width×3 image (inference graph; training runs the same convs)."""
+    """Forward-pass FLOPs of `model` for one height×width image (inference graph; training runs the same convs).
+
+    The image has the channels the model was built with (3 unless built on a multi-band dataset).
+    """
     forward = tf.function(lambda images: model(images, training=False))
-    concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, 3], tf.float32))
+    # A built model's first convolution kernel [kh, kw, in, out] says how many channels its input has.
+    kernels = [w for w in model.weights if len(w.shape) == 4]
+    channels = int(kernels[0].shape[2]) if kernels else 3
+    concrete = forward.get_concrete_function(tf.TensorSpec([1, height, width, channels], tf.float32))
     return graph_flops(concrete.graph)

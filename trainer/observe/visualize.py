@@ -13,7 +13,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common.errors import UserInputError
-from trainer.common.images import colorize, overlay, to_uint8, voc_palette
+from trainer.common.images import colorize, displayable, overlay, to_uint8, voc_palette
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
 
@@ -95,7 +95,7 @@ def eval_panels(
     """Returns uint8 [N, h, 4w + 3 gaps, 3]: per example the `EVAL_PANELS` side by side.
 
     Args:
-      images: float [N, H, W, 3] in [-1, 1].
+      images: float [N, H, W, C], RGB in [-1, 1] (other inputs are shown as `images.displayable` makes them).
       labels: int [N, H, W] ground truth (ignored pixels equal `info.ignore_label`).
       predictions: int [N, H, W] predicted class ids.
       info: the dataset (palette, ignore label).
@@ -104,7 +104,7 @@ def eval_panels(
     """
     palette = dataset_palette(info)
     size = _display_size(images.shape[1], images.shape[2], max_size)
-    inputs = _resize(to_uint8(images), size, nearest=False)
+    inputs = _resize(displayable(images), size, nearest=False)
     truth = _resize(colorize(labels, palette, info.ignore_label), size, nearest=True)
     predicted = _resize(colorize(predictions, palette, info.ignore_label), size, nearest=True)
     strips = [

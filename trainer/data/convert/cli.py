@@ -51,6 +51,10 @@ _BINARY = flags.DEFINE_boolean(
     "folder, tfds: 0/255 binary masks: 255 becomes class 1 (the same as --label_map=255:1); the classes default "
     "to background,foreground.",
 )
+_IMAGE_CHANNELS = flags.DEFINE_integer(
+    "image_channels", 3, "folder: channels of every image (3 RGB; 1 grey, 4 e.g. RGB + near-infrared, ...)."
+)
+_IMAGE_DTYPE = flags.DEFINE_enum("image_dtype", "uint8", ["uint8", "uint16"], "folder: pixel type of every image.")
 _VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "folder: the share of a flat images/ that becomes val.")
 _NAME = flags.DEFINE_string("name", None, "folder: the dataset's name (default: the directory's).")
 _TFDS_NAME = flags.DEFINE_string("tfds_name", None, "tfds: the dataset, e.g. oxford_iiit_pet.")
@@ -73,6 +77,8 @@ _FORMAT_FLAGS = {
         "binary",
         "val_fraction",
         "name",
+        "image_channels",
+        "image_dtype",
     },
     "tfds": {
         "tfds_name",
@@ -152,6 +158,8 @@ def _folder() -> DatasetSource:
         label_map=_label_map(),
         val_fraction=_VAL_FRACTION.value,
         name=_NAME.value,
+        image_channels=_IMAGE_CHANNELS.value,
+        image_dtype=_IMAGE_DTYPE.value,
         **_split_defaults({}),
     )
 

@@ -4,18 +4,21 @@ Layouts (mmsegmentation's "custom dataset"):
   <source_dir>/images/<split>/<name>.jpg and <source_dir>/masks/<split>/<name>.png — one split per folder;
   <source_dir>/images/<name>.jpg and <source_dir>/masks/<name>.png — split into train and val here.
 Masks are single-channel PNGs (greyscale or palette) of class ids; `label_map` rewrites values first
-(e.g. "255:1" for 0/255 binary masks).
+(e.g. "255:1" for 0/255 binary masks). Images are RGB by default; `image_channels` and `image_dtype` take grey,
+multi-band and 16-bit images (PNG 8/16-bit, TIFF with tifffile) as they are.
 """
 
 import os
 
 import numpy as np
 
+from trainer.common import validate
 from trainer.common.errors import UserInputError
+from trainer.data import schema
 from trainer.data.convert import reading
 from trainer.data.convert.source import DatasetSource, SourceExample, SplitSource
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def read_class_file(path: str) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...] | None]:
@@ -124,6 +127,8 @@ def folder_source(
     name: str | None = None,
     train_split: str = "train",
     eval_split: str = "val",
+    image_channels: int = 3,
+    image_dtype: str = "uint8",
 ) -> DatasetSource:
     """Describes an `images/` + `masks/` folder pair as a dataset.
 
@@ -135,6 +140,8 @@ def folder_source(
       label_map: mask value -> class id, applied before validation; other values are kept.
       val_fraction: with a flat `images/`, the fraction (drawn with `seed`) that goes to the `val` split.
       name: the dataset's name; defaults to the directory's.
+      image_channels: the channels every image has (3: RGB; grey and RGBA files are made RGB).
+      image_dtype: the pixel type every image has, uint8 or uint16.
 
     Raises:
       UserInputError: if the layout, the classes or the fraction are not as described.
@@ -162,4 +169,6 @@ def folder_source(
         train_split=train_split,
         eval_split=eval_split,
         palette=palette,
+        image_channels=validate.positive_int("--image_channels", image_channels),
+        image_dtype=validate.choice("--image_dtype", image_dtype, schema.IMAGE_DTYPES),
     )

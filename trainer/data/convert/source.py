@@ -2,16 +2,15 @@
 
 import dataclasses
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from trainer.common import images
 from trainer.data import label_stats, schema
-
-
-class BadExample(Exception):
-    """An example that cannot be converted; the message says why (the writer adds which file)."""
+from trainer.data.convert import image_files
+from trainer.data.convert.bad_example import BadExample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +59,8 @@ class DatasetSource:
       splits: the splits to write.
       train_split: the split the JSON names as the training one.
       eval_split: the split the JSON names as the evaluation one.
+      image_channels: the channels every image must have (3: RGB, grey and RGBA files made RGB).
+      image_dtype: the pixel type every image must have, uint8 or uint16.
     """
 
     name: str
@@ -69,6 +70,8 @@ class DatasetSource:
     train_split: str
     eval_split: str
     palette: tuple[tuple[int, int, int], ...] | None = None
+    image_channels: int = 3
+    image_dtype: str = "uint8"
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(self.class_names))
@@ -87,30 +90,38 @@ def _check_label(label: np.ndarray, num_classes: int, ignore_label: int) -> None
         )
 
 
+class ConvertedExample(NamedTuple):
+    """One example as the writer stores it, and what it counts of it."""
+
+    serialized: bytes
+    size: tuple[int, int]
+    label_histogram: np.ndarray
+    channel_sums: np.ndarray
+    channel_squares: np.ndarray
+
+
+def _image_and_encoding(image, channels: int, dtype: str) -> tuple[np.ndarray, bytes | None]:
+    encoded = None
+    if isinstance(image, bytes):
+        # The file's own bytes are kept when the trainer reads the format (JPEG, PNG of RGB uint8); decoding
+        # here checks them and gives the size. Other formats, and every other image, are stored re-encoded.
+        if channels == 3 and dtype == "uint8" and schema.sniff_image_format(image):
+            encoded = image
+        image = image_files.decode(image, channels, dtype)
+    return image_files.check(image, channels, dtype), encoded
+
+
 def serialized_example(
-    example: SourceExample, num_classes: int, ignore_label: int
-) -> tuple[bytes, tuple[int, int], np.ndarray]:
-    """Reads, decodes and checks one example; returns it serialized, its size and its label histogram [256].
+    example: SourceExample, num_classes: int, ignore_label: int, channels: int = 3, dtype: str = "uint8"
+) -> ConvertedExample:
+    """Reads, decodes and checks one example; returns it serialized, with its size and statistics.
 
     Raises:
       BadExample: naming `example.location` and what is wrong with it.
     """
     try:
         image, label = example.read()
-        encoded = None
-        if isinstance(image, bytes):
-            # The file's own bytes are kept when the trainer reads the format (JPEG, PNG); decoding here
-            # checks them and gives the size. Other formats are stored PNG-encoded.
-            encoded = image if schema.sniff_image_format(image) else None
-            try:
-                image = tf.io.decode_image(image, channels=3, expand_animations=False).numpy()
-            except tf.errors.InvalidArgumentError as error:
-                raise BadExample(f"the image does not decode ({error.message.splitlines()[0]})") from None
-        image = np.asarray(image)
-        if image.ndim == 3 and image.shape[-1] == 1:
-            image = np.repeat(image, 3, axis=-1)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise BadExample(f"expected an RGB image of uint8, received {image.dtype} {list(image.shape)}")
+        image, encoded = _image_and_encoding(image, channels, dtype)
         label = np.asarray(label)
         if label.ndim == 3 and label.shape[-1] == 1:
             label = label[..., 0]
@@ -125,7 +136,10 @@ def serialized_example(
             )
         _check_label(label, num_classes, ignore_label)
         serialized = schema.encode_example(image, label, example.key, encoded_image=encoded)
-        return serialized, label.shape, label_stats.histogram(label)
+        pixels = image.reshape(-1, channels).astype(np.float64)
+        return ConvertedExample(
+            serialized, label.shape, label_stats.histogram(label), pixels.sum(axis=0), np.square(pixels).sum(axis=0)
+        )
     except BadExample as error:
         raise BadExample(f"{example.location}: {error}") from None
     except (OSError, ValueError, tf.errors.OpError) as error:

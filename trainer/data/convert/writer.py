@@ -45,6 +45,15 @@ class SplitReport:
     num_written: int = 0
     skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     labels: label_stats.LabelCounts = dataclasses.field(default_factory=label_stats.LabelCounts)
+    channel_sums: np.ndarray | float = 0.0
+    channel_squares: np.ndarray | float = 0.0
+    num_pixels: int = 0
+
+    def channel_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, standard deviation) of each image channel over the written examples."""
+        mean = self.channel_sums / self.num_pixels
+        std = np.sqrt(np.maximum(self.channel_squares / self.num_pixels - np.square(mean), 0.0))
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _ordered_map(function: Callable, items: Iterable, num_workers: int) -> Iterator:
@@ -91,6 +100,8 @@ class _Conversion:
     target: str
     class_names: tuple[str, ...]
     ignore_label: int
+    image_channels: int
+    image_dtype: str
     num_shards: int
     skip_bad_examples: bool
     num_workers: int
@@ -161,15 +172,21 @@ def _skip_bad_example(
 def _write_examples(split: SplitSource, conversion: _Conversion, shards: _ShardWriter, report: SplitReport) -> None:
     started = time.perf_counter()
     validated = functools.partial(
-        serialized_example, num_classes=len(conversion.class_names), ignore_label=conversion.ignore_label
+        serialized_example,
+        num_classes=len(conversion.class_names),
+        ignore_label=conversion.ignore_label,
+        channels=conversion.image_channels,
+        dtype=conversion.image_dtype,
     )
     for example, result in _ordered_map(validated, _write_order(split), conversion.num_workers):
         if isinstance(result, BadExample):
             _skip_bad_example(split, example, result, report, conversion.skip_bad_examples)
             continue
-        serialized, size, histogram = result
-        shards.write(serialized, size)
-        report.labels.add(histogram)
+        shards.write(result.serialized, result.size)
+        report.labels.add(result.label_histogram)
+        report.channel_sums = report.channel_sums + result.channel_sums
+        report.channel_squares = report.channel_squares + result.channel_squares
+        report.num_pixels += result.size[0] * result.size[1]
         report.num_written = shards.num_written
         if report.num_written % _LOG_EVERY_EXAMPLES == 0:
             logging.info(
@@ -270,9 +287,12 @@ def _make_staging_directory(output_dir: str) -> str:
     return staging
 
 
-def _dataset_info(source: DatasetSource, splits: list[info_lib.SplitInfo]) -> info_lib.DatasetInfo:
+def _dataset_info(
+    source: DatasetSource, splits: list[info_lib.SplitInfo], train_report: SplitReport
+) -> info_lib.DatasetInfo:
     by_name = {split.name: split for split in splits}
     train, evaluation = by_name[source.train_split], by_name[source.eval_split]
+    channel_mean, channel_std = train_report.channel_statistics()
     return info_lib.DatasetInfo(
         name=source.name,
         num_classes=len(source.class_names),
@@ -285,6 +305,10 @@ def _dataset_info(source: DatasetSource, splits: list[info_lib.SplitInfo]) -> in
         max_image_size=evaluation.max_image_size,
         palette=source.palette,
         splits=tuple(splits),
+        image_channels=source.image_channels,
+        image_dtype=source.image_dtype,
+        channel_mean=channel_mean,
+        channel_std=channel_std,
     )
 
 
@@ -321,6 +345,8 @@ def write_dataset(
         target=output_dir,
         class_names=source.class_names,
         ignore_label=source.ignore_label,
+        image_channels=source.image_channels,
+        image_dtype=source.image_dtype,
         num_shards=num_shards,
         skip_bad_examples=skip_bad_examples,
         num_workers=num_workers,
@@ -328,7 +354,8 @@ def write_dataset(
     try:
         written = [_write_split(split, conversion) for split in source.splits]
         reports = [report for _, report in written]
-        info = _dataset_info(source, [split_info for split_info, _ in written])
+        train_report = next(report for report in reports if report.name == source.train_split)
+        info = _dataset_info(source, [split_info for split_info, _ in written], train_report)
         train = info.train_split()
         label_stats.warn_missing_classes(f"Training split {train.name!r}", train.class_pixels, info.class_names)
         info_lib.save(info, os.path.join(staging, info_lib.INFO_FILENAME), files_relative_to=output_dir)
