@@ -23,13 +23,13 @@ _PREFIX = "input_pipeline"
 
 
 def _checked_pad_value(pad_value: float | tuple[float, ...]) -> float | tuple[float, ...]:
-    """Returns `pad_value` (a list made a tuple of floats) if it is one value or one per channel in [-1, 1]."""
+    """Returns `pad_value` (a list made a tuple of floats) if it is one value or three in [-1, 1]."""
     if isinstance(pad_value, (list, tuple)):
         pad_value = tuple(float(v) for v in pad_value)
     pad_values = pad_value if isinstance(pad_value, tuple) else (pad_value,)
-    if not pad_values or not all(-1 <= v <= 1 for v in pad_values):
+    if len(pad_values) not in (1, 3) or not all(-1 <= v <= 1 for v in pad_values):
         raise expected(
-            f"{_PREFIX}.pad_value", "one value or one per channel in the model's input range [-1, 1]", pad_value
+            f"{_PREFIX}.pad_value", "one value or three (one per channel) in the model's input range [-1, 1]", pad_value
         )
     return pad_value
 

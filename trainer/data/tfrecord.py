@@ -43,14 +43,19 @@ def count_examples(files: tuple[str, ...]) -> int:
 
 
 def label_histogram(files: tuple[str, ...], max_records: int = _RECORDS_CHECKED) -> np.ndarray:
-    """int64 [256]: the label values of the first `max_records` records of `files`, counted."""
-    records = tf.data.TFRecordDataset(list(files)).take(max_records)
+    """int64 [256]: the label values of the first `max_records` readable records of `files`, counted.
+
+    Unreadable records are passed over: reading them in training is where they are reported.
+    """
+    spec = {schema.LABEL_ENCODED: schema.FEATURE_SPEC[schema.LABEL_ENCODED]}
+
+    def label(serialized: tf.Tensor) -> tf.Tensor:
+        return tf.io.decode_png(tf.io.parse_single_example(serialized, spec)[schema.LABEL_ENCODED], channels=1)
+
+    labels = tf.data.TFRecordDataset(list(files)).ignore_errors().map(label).ignore_errors().take(max_records)
     total = np.zeros(label_stats.NUM_VALUES, np.int64)
-    for serialized in records:
-        features = tf.io.parse_single_example(
-            serialized, {schema.LABEL_ENCODED: schema.FEATURE_SPEC[schema.LABEL_ENCODED]}
-        )
-        total += label_stats.histogram(tf.io.decode_png(features[schema.LABEL_ENCODED], channels=1).numpy())
+    for values in labels:
+        total += label_stats.histogram(values.numpy())
     return total
 
 

@@ -8,7 +8,9 @@
 `probabilities` [N, H, W, C] out; a directory of numbered exports takes the newest), or a training model_dir:
 the model is rebuilt from its `operative_config.gin` and its latest checkpoint (or `--checkpoint`) restored.
 Inference options are the `inference.*` gin bindings evaluation uses (whole image or sliding window,
-multi-scale, flip); a model_dir starts from the settings it was evaluated with. For every image it writes
+multi-scale, flip); a model_dir starts from the settings it was evaluated with. Images with a side longer than
+`tiling.tile_size` (1024) are predicted tile by tile, blending the scores where tiles overlap (`tiling.overlap`),
+so memory follows the tile, not the image (10,000 x 10,000 px and more). For every image it writes
 `<stem>_label.png` (class ids: 8-bit, 16-bit above 256 classes) and `<stem>_overlay.png` (the image blended
 half and half with the class colours: the dataset's palette, or a default one).
 """
@@ -31,6 +33,7 @@ from trainer.core.inference import InferenceConfig, LogitsFn, predict_logits
 from trainer.data.pipeline import InputPipeline
 from trainer.data.synthetic import synthetic_shapes
 from trainer.models import BatchNormConfig, DeepLabV3Plus, configure_batch_norm
+from trainer.serving.tiling import TilingConfig, predict_tiled
 from trainer.storage import checkpoints
 
 # Weight of the class colours in the overlay.
@@ -172,14 +175,42 @@ def _output_stems(image_paths: Sequence[str]) -> list[str]:
     return stems
 
 
-def predict_images(predictor: Predictor, image_paths: Sequence[str], output_dir: str) -> list[dict]:
+def _overlay_in_strips(pixels: np.ndarray, class_map: np.ndarray, palette: np.ndarray, rows: int) -> np.ndarray:
+    """The overlay, `rows` rows at a time: its float intermediates stay the size of a strip, not the image's."""
+    blended = np.empty_like(pixels)
+    for top in range(0, pixels.shape[0], rows):
+        strip = slice(top, top + rows)
+        blended[strip] = overlay(pixels[strip], colorize(class_map[strip], palette), OVERLAY_ALPHA)
+    return blended
+
+
+def _tile_scores_fn(predictor: Predictor, tiling: TilingConfig) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The scores of one tile of pixels, compiled once for the tile's shape."""
+    size = tiling.tile_size
+
+    @tf.function(input_signature=[tf.TensorSpec([size, size, 3], tf.float32)])
+    def tile_scores(pixels: tf.Tensor) -> tf.Tensor:
+        images = to_unit_range(pixels)[tf.newaxis]
+        return predict_logits(predictor.scores_fn, images, predictor.num_classes, predictor.inference_config)[0]
+
+    return tile_scores
+
+
+def predict_images(
+    predictor: Predictor, image_paths: Sequence[str], output_dir: str, tiling: TilingConfig | None = None
+) -> list[dict]:
     """Predicts every image and writes `<stem>_label.png` and `<stem>_overlay.png` into `output_dir`.
+
+    An image with a side longer than `tiling.tile_size` is predicted tile by tile (`tiling.predict_tiled`),
+    with one compiled function for every tile of every image.
 
     Returns:
       One `{"image", "label", "overlay"}` dict of paths per image.
     """
     stems = _output_stems(image_paths)
     tf.io.gfile.makedirs(output_dir)
+    tiling = tiling or TilingConfig()
+    tile_scores = None
 
     # Traced once per image size: the inference modes need a static height and width.
     @tf.function
@@ -191,12 +222,16 @@ def predict_images(predictor: Predictor, image_paths: Sequence[str], output_dir:
     label_dtype = tf.uint8 if predictor.num_classes <= 256 else tf.uint16
     written = []
     for path, stem in zip(image_paths, stems, strict=True):
-        pixels = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        class_map = class_map_fn(pixels)
+        pixels = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
+        if tiling.needs_tiles(*pixels.shape[:2]):
+            tile_scores = tile_scores or _tile_scores_fn(predictor, tiling)
+            class_map = predict_tiled(tile_scores, pixels, predictor.num_classes, tiling)
+        else:
+            class_map = class_map_fn(tf.constant(pixels)).numpy()
         label_path = os.path.join(output_dir, f"{stem}_label.png")
         overlay_path = os.path.join(output_dir, f"{stem}_overlay.png")
-        tf.io.write_file(label_path, tf.io.encode_png(tf.cast(class_map, label_dtype)[..., tf.newaxis]))
-        blended = overlay(pixels.numpy(), colorize(class_map.numpy(), predictor.palette), OVERLAY_ALPHA)
+        tf.io.write_file(label_path, tf.io.encode_png(class_map.astype(label_dtype.as_numpy_dtype)[..., np.newaxis]))
+        blended = _overlay_in_strips(pixels, class_map, predictor.palette, tiling.tile_size)
         tf.io.write_file(overlay_path, tf.io.encode_png(blended))
         written.append({"image": path, "label": label_path, "overlay": overlay_path})
         logging.info("%s -> %s, %s", path, label_path, overlay_path)
@@ -239,7 +274,8 @@ def main() -> None:
             predictor = load_predictor(
                 values["model"], values["checkpoint"], values["gin_file"], values["gin_bindings"]
             )
-            written = predict_images(predictor, image_paths, values["output_dir"])
+            # Built after the gin files and bindings load_predictor parsed: `tiling.*` may be among them.
+            written = predict_images(predictor, image_paths, values["output_dir"], TilingConfig())
         except UserInputError as error:
             logging.error("%s", error)
             sys.exit(f"error: {error}")
