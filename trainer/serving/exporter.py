@@ -261,7 +261,8 @@ def _parity(
             artefact.variant: artefact.path for artefact in artefacts if artefact.format == export_formats.TFLITE
         },
         **export_formats.measure(
-            artefacts, saved_model_dir, images, labels, inside, info.num_classes, info.ignore_label
+            artefacts,
+            parity.ParityReport(saved_model_dir, images, labels, inside, info.num_classes, info.ignore_label),
         ),
     }
     logging.info("%s", parity.format_parity(report))

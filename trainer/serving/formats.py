@@ -134,22 +134,13 @@ def write_tfjs(
     )
 
 
-def measure(
-    artefacts: Sequence[Artefact],
-    saved_model_dir: str,
-    images: np.ndarray,
-    labels: np.ndarray,
-    inside: np.ndarray,
-    num_classes: int,
-    ignore_label: int,
-) -> dict:
-    """Runs every artefact in its runtime on `images` and returns the parity report (see `parity.ParityReport`)."""
-    report = parity.ParityReport(saved_model_dir, images, labels, inside, num_classes, ignore_label)
+def measure(artefacts: Sequence[Artefact], report: parity.ParityReport) -> dict:
+    """Runs every artefact in its runtime on the report's images, adds its row, and returns the report."""
     for artefact in artefacts:
         report.add(
             artefact.format,
             artefact.variant,
-            artefact.class_maps(images),
+            artefact.class_maps(report.images),
             size_bytes=artefact.size_bytes,
             runtime=artefact.runtime,
             file=artefact.path,
