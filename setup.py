@@ -24,6 +24,11 @@ setup(
     extras_require={
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
         "dev": ["pytest", "pytest-xdist", "ruff", "tifffile"],  # tifffile: the TIFF tests
+        # TFLite parity on LiteRT; ONNX export and parity on ONNX Runtime.
+        "export": ["ai-edge-litert", "tf2onnx", "onnxruntime"],
+        # pip cannot resolve it from PyPI today (tfx 1.21 wants ml-metadata 1.21, unpublished):
+        # `make tfx-env` (scripts/install_tfx_env.sh) installs it into its own environment.
+        "tfx": ["tfx~=1.21.0"],
         # Multi-page and multi-band TIFF images in the converters.
         "tiff": ["tifffile"],
     },
