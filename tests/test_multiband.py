@@ -115,3 +115,31 @@ def test_four_band_uint16_tiff_dataset_trains_and_evaluates(tmp_path):
     )
     report = train_lib.run("train_and_eval", str(tmp_path / "run"), strategy=one_device_strategy())
     assert report["step"] == 4 and 0.0 <= report["miou"] <= 1.0 and np.isfinite(report["mf1"])
+
+
+def test_pixel_normalisation_rules():
+    rgb = info_lib.DatasetInfo("rgb", 2, ("a", "b"), 255, ("t",), ("e",), 1, 1, channel_mean=(1.0, 2.0, 3.0))
+    pixels = tf.constant([[[0, 128, 255]]], tf.uint8)
+    # RGB uint8 keeps [-1, 1] even when the dataset has statistics: the numerics of existing runs stay.
+    np.testing.assert_allclose(records.pixel_normalizer(rgb)(pixels), [[[-1.0, 128 / 127.5 - 1, 1.0]]], rtol=1e-5)
+    given = records.pixel_normalizer(rgb, (0.0, 128.0, 255.0), (1.0, 2.0, 5.0))(pixels)
+    np.testing.assert_allclose(given, [[[0.0, 0.0, 0.0]]])
+    bands = dataclasses.replace(rgb, image_channels=2, image_dtype="uint16", channel_mean=(100.0, 200.0))
+    bands = dataclasses.replace(bands, channel_std=(10.0, 50.0))
+    values = tf.constant([[[110, 100]]], tf.uint16)
+    np.testing.assert_allclose(records.pixel_normalizer(bands)(values), [[[1.0, -2.0]]])
+    plain = dataclasses.replace(bands, channel_mean=None, channel_std=None)
+    np.testing.assert_allclose(records.pixel_normalizer(plain)(tf.constant([[[0, 65535]]], tf.uint16)), [[[-1, 1]]])
+    with pytest.raises(UserInputError, match="input_pipeline.channel_mean and channel_std: expected 2 values"):
+        records.pixel_normalizer(bands, (1.0,), (1.0,))
+
+
+def test_photometric_jitter_is_refused_for_multiband_images(tmp_path):
+    from trainer.data.pipeline import InputPipeline, PhotometricJitter
+
+    _tiles(str(tmp_path / "src"), 4, _save_tiff_planar, num_images=4)
+    source = folder.folder_source(str(tmp_path / "src"), ("background", "roof"), image_channels=4, image_dtype="uint16")
+    info, _ = writer.write_dataset(source, str(tmp_path / "out"))
+    pipeline = InputPipeline(crop_size=(32, 32), photometric_jitter=PhotometricJitter())
+    with pytest.raises(UserInputError, match="input_pipeline.photometric_jitter: expected None.*4 channel"):
+        pipeline.train_dataset(info, 2)

@@ -137,3 +137,18 @@ def test_binary_folder_trains_after_the_fix_to_a_foreground_f1_above_one_half(tm
     assert report["per_class_f1"]["crack"] > 0.5
     with open(tmp_path / "run" / "best" / "info.json") as f:
         assert json.load(f)["metric"] == "mf1"
+
+
+def test_binary_switch_of_the_converter_maps_255_to_class_1(tmp_path):
+    from absl import flags
+
+    from trainer.data.convert import cli
+
+    root = _toy_folder(str(tmp_path / "src"), 6)
+    flags.FLAGS(["convert", f"--source_dir={root}", f"--output_dir={tmp_path / 'out'}", "--binary", "--num_workers=1"])
+    try:
+        info, _ = cli.convert("folder")
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert info.class_names == ("background", "foreground")
+    assert info.train_split().class_pixels[1] > 0 and info.train_split().ignored_pixels == 0

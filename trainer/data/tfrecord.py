@@ -68,6 +68,8 @@ def tfrecord_dataset(
     ignore_label: int = 255,
     name: str = "tfrecord",
     max_image_size: tuple | None = None,
+    image_channels: int = 3,
+    image_dtype: str = "uint8",
 ) -> info_lib.DatasetInfo:
     """Describes a dataset given as glob patterns of TFRecord files (local or gs://).
 
@@ -80,6 +82,9 @@ def tfrecord_dataset(
       name: a short name for logs and summaries.
       max_image_size: (height, width) every eval image fits in; required for evaluation unless the input
         pipeline's eval_size is set.
+      image_channels: channels of every image (3: RGB).
+      image_dtype: pixel type of every image, uint8 or uint16 (records other than RGB uint8 carry
+        `image/channels` and `image/dtype`, as the converter writes them).
 
     Returns:
       The dataset's `DatasetInfo`, with example counts read from the files.
@@ -119,6 +124,8 @@ def tfrecord_dataset(
         num_train_examples=num_train_examples,
         num_eval_examples=num_eval_examples,
         max_image_size=tuple(max_image_size) if max_image_size is not None else None,
+        image_channels=image_channels,
+        image_dtype=image_dtype,
     )
 
 
