@@ -33,7 +33,7 @@ def _write_images(directory, sizes=IMAGE_SIZES):
     return sorted(os.path.join(directory, name) for name in sizes)
 
 
-class _Exported(tf.Module):
+class ExportedModule(tf.Module):
     """A SavedModel following the export contract: uint8 images in, class_map and probabilities out."""
 
     def __init__(self, model):
@@ -53,7 +53,7 @@ def saved_model(tmp_path_factory):
     hidden = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
     model = keras.Model(inputs, keras.layers.Conv2D(NUM_CLASSES, 3, padding="same")(hidden))
     path = str(tmp_path_factory.mktemp("export") / "7")
-    module = _Exported(model)
+    module = ExportedModule(model)
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
     return path
 

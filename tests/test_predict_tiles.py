@@ -11,23 +11,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 from tests.helpers import REPO_ROOT
+from tests.test_predict import ExportedModule
 from trainer.common.errors import UserInputError
 from trainer.core.inference import InferenceConfig
 from trainer.serving import predict
 from trainer.serving.tiling import TilingConfig, predict_tiled, ramp
 
 NUM_CLASSES = 3
-
-
-class _Exported(tf.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-    def serve(self, images):
-        logits = self.model(tf.cast(images, tf.float32) / 127.5 - 1.0, training=False)
-        return {"class_map": tf.argmax(logits, axis=-1, output_type=tf.int32), "probabilities": tf.nn.softmax(logits)}
 
 
 def _pixelwise_model():
@@ -41,7 +31,7 @@ def _pixelwise_model():
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("export") / "1")
-    module = _Exported(_pixelwise_model())
+    module = ExportedModule(_pixelwise_model())
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
     return path
 

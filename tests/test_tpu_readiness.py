@@ -91,6 +91,8 @@ def _parse_tiny(config: str, data_dir: str, info) -> None:
         "synthetic_shapes.num_shards = 1",
         f"tfrecord_dataset.train_pattern = '{info.train_files[0]}'",
         f"tfrecord_dataset.eval_pattern = '{info.eval_files[0]}'",
+        # The your-own-data recipes read a converted dataset: the synthetic one has the same dataset_info.json.
+        f"converted_dataset.data_dir = '{os.path.dirname(info.train_files[0])}'",
     )
     parse_gin([os.path.join(REPO_ROOT, "configs", config)], [*TINY, *data])
 

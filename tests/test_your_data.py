@@ -140,15 +140,18 @@ def test_binary_folder_trains_after_the_fix_to_a_foreground_f1_above_one_half(tm
 
 
 def test_binary_switch_of_the_converter_maps_255_to_class_1(tmp_path):
-    from absl import flags
+    from absl import flags, logging
 
     from trainer.data.convert import cli
 
     root = _toy_folder(str(tmp_path / "src"), 6)
+    # Unparsing resets absl's logger to WARNING, which would hide INFO logs from later tests' caplog.
+    level = logging.get_absl_logger().level
     flags.FLAGS(["convert", f"--source_dir={root}", f"--output_dir={tmp_path / 'out'}", "--binary", "--num_workers=1"])
     try:
         info, _ = cli.convert("folder")
     finally:
         flags.FLAGS.unparse_flags()
+        logging.get_absl_logger().setLevel(level)
     assert info.class_names == ("background", "foreground")
     assert info.train_split().class_pixels[1] > 0 and info.train_split().ignored_pixels == 0

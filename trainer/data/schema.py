@@ -53,6 +53,21 @@ def sniff_image_format(encoded: bytes) -> str | None:
     return None
 
 
+def _encoded(image: np.ndarray, encoded_image: bytes | None, filename: str) -> tuple[bytes, str]:
+    """The image's stored bytes and format: the given JPEG/PNG file, else PNG, else raw pixels."""
+    if encoded_image is None and image.shape[-1] not in _PNG_CHANNELS:
+        return image.astype(image.dtype.newbyteorder("<")).tobytes(), RAW_FORMAT
+    if encoded_image is None:
+        return tf.io.encode_png(image).numpy(), "png"
+    image_format = sniff_image_format(encoded_image)
+    if image_format is None:
+        raise UserInputError(
+            f"encode_example({filename!r}): expected encoded_image in JPEG or PNG, received bytes starting "
+            f"{encoded_image[:8]!r}; pass encoded_image=None to store the pixels PNG-encoded"
+        )
+    return encoded_image, image_format
+
+
 def encode_example(image: np.ndarray, label: np.ndarray, filename: str, encoded_image: bytes | None = None) -> bytes:
     """Serializes one image and its label map as a `tf.train.Example`; the label is always PNG-encoded.
 
@@ -88,17 +103,7 @@ def encode_example(image: np.ndarray, label: np.ndarray, filename: str, encoded_
             f"encode_example({filename!r}): expected image and label of the same height and width, "
             f"received image {list(image.shape[:2])} and label {list(label.shape)}"
         )
-    if encoded_image is None and image.shape[-1] not in _PNG_CHANNELS:
-        encoded_image, image_format = image.astype(image.dtype.newbyteorder("<")).tobytes(), RAW_FORMAT
-    elif encoded_image is None:
-        encoded_image, image_format = tf.io.encode_png(image).numpy(), "png"
-    else:
-        image_format = sniff_image_format(encoded_image)
-        if image_format is None:
-            raise UserInputError(
-                f"encode_example({filename!r}): expected encoded_image in JPEG or PNG, received bytes starting "
-                f"{encoded_image[:8]!r}; pass encoded_image=None to store the pixels PNG-encoded"
-            )
+    encoded_image, image_format = _encoded(image, encoded_image, filename)
     height, width = label.shape
     feature = {
         IMAGE_ENCODED: _bytes_feature(encoded_image),

@@ -59,6 +59,19 @@ def label_histogram(files: tuple[str, ...], max_records: int = _RECORDS_CHECKED)
     return total
 
 
+def _check_not_binary_ignored(
+    train_pattern: str, train_files: tuple[str, ...], class_names: tuple[str, ...], ignore_label: int
+) -> None:
+    label_stats.check_not_binary_ignored(
+        f"tfrecord_dataset.train_pattern={train_pattern!r} (its first {_RECORDS_CHECKED} records)",
+        label_histogram(train_files),
+        class_names,
+        ignore_label,
+        f"If {ignore_label} marks the foreground, re-convert the masks with `python -m trainer.data.convert "
+        f"folder --binary` (or --label_map={ignore_label}:1), or write class 1 there yourself.",
+    )
+
+
 @gin.configurable
 def tfrecord_dataset(
     train_pattern: str = gin.REQUIRED,
@@ -96,14 +109,7 @@ def tfrecord_dataset(
     eval_files = _glob(eval_pattern, "tfrecord_dataset.eval_pattern")
     if not class_names:
         class_names = tuple(f"class_{i}" for i in range(num_classes))
-    label_stats.check_not_binary_ignored(
-        f"tfrecord_dataset.train_pattern={train_pattern!r} (its first {_RECORDS_CHECKED} records)",
-        label_histogram(train_files),
-        tuple(class_names),
-        ignore_label,
-        f"If {ignore_label} marks the foreground, re-convert the masks with `python -m trainer.data.convert "
-        f"folder --binary` (or --label_map={ignore_label}:1), or write class 1 there yourself.",
-    )
+    _check_not_binary_ignored(train_pattern, train_files, tuple(class_names), ignore_label)
     num_train_examples = count_examples(train_files)
     num_eval_examples = count_examples(eval_files)
     logging.info(
