@@ -8,7 +8,7 @@ from trainer import train_lib
 from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
 from trainer.cluster.lost_workers import WorkerLostError, lost_workers_reported
 from trainer.cluster.placement import Placement
-from trainer.cluster.preemption import EXIT_CODE_PREEMPTED, Preempted
+from trainer.cluster.preemption import Preempted
 from trainer.cluster.strategies import StrategyName, create_strategy
 from trainer.cluster.virtual_cpus import configure_virtual_cpus
 from trainer.common.errors import UserInputError
@@ -84,7 +84,7 @@ def _main(argv: list[str]) -> None:
     except Preempted as preempted:
         logging.warning("%s", preempted)
         print(preempted, flush=True)
-        sys.exit(EXIT_CODE_PREEMPTED)
+        sys.exit(preempted.exit_code)
     if report is not None:
         print(
             f"Validation mIoU {report['miou']:.4f}, pixel accuracy {report['pixel_accuracy']:.4f} at step "

@@ -15,7 +15,7 @@ from absl import logging
 
 from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
 from trainer.cluster.placement import Placement
-from trainer.cluster.preemption import PreemptionWatcher
+from trainer.cluster.preemption import PreemptionWatcher, new_stop_flag
 from trainer.cluster.strategies import StrategyName, create_strategy, default_precision, default_steps_per_loop
 from trainer.cluster.tasks import TaskInfo, task_info
 from trainer.common.errors import UserInputError
@@ -103,8 +103,13 @@ def build_context(
     return RunContext(mode, model_dir, strategy, task, info, config, state, writers, checkpointer)
 
 
-def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> Trainer:
-    """The Trainer of `context`'s model, fed from the training split (timed by `monitor` when given)."""
+def build_trainer(
+    context: RunContext, monitor: TrainMonitor | None = None, stop_flag: tf.Variable | None = None
+) -> Trainer:
+    """The Trainer of `context`'s model, fed from the training split (timed by `monitor` when given).
+
+    With `stop_flag` (`preemption.new_stop_flag`) its host loop stops after the step at which the flag is set.
+    """
     train, pipeline, state = context.config.train, context.config.input_pipeline, context.state
 
     def train_dataset(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -128,6 +133,7 @@ def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> T
         summary_writer=context.writers.train,
         batches=batches,
         train_files=context.info.train_files,
+        stop_flag=stop_flag,
     )
 
 
@@ -152,15 +158,18 @@ def build_controller(context: RunContext, profile_steps: tuple[int, int] | None 
     def save_for_preemption() -> str | None:
         return context.checkpointer.save(force=True) or context.checkpointer.latest_checkpoint
 
+    stop_flag = new_stop_flag()
     return Controller(
-        build_trainer(context, monitor),
+        build_trainer(context, monitor, stop_flag),
         context.checkpointer,
         config.train.steps_per_loop,
         nan_policy=NanPolicy(
             context.checkpointer, config.train.nan_recovery_attempts, config.train.checkpoint_every_steps
         ),
         actions=actions,
-        preemption=lambda: PreemptionWatcher(context.strategy, save_for_preemption, lambda: context.step),
+        preemption=lambda: PreemptionWatcher(
+            context.strategy, save_for_preemption, lambda: context.step, stop_flag, config.preemption
+        ),
     )
 
 
