@@ -1,8 +1,8 @@
 """The Controller: the outer loop around a Trainer — train until, evaluate every, checkpoint every.
 
 After each host loop it hands a `LoopResult` to its actions, in order (throughput, summaries, progress, …);
-a non-finite loss goes to the NaN policy instead; then it checkpoints and lets the preemption watcher act (a loop stopped by SIGTERM ends
-the run with `Preempted`).
+a non-finite loss goes to the NaN policy instead; then it checkpoints and lets the preemption watcher act (a loop
+stopped by SIGTERM ends the run with `Preempted`).
 """
 
 import dataclasses
