@@ -8,16 +8,22 @@ PYTEST_ARGS ?=
 BENCH_CONFIG ?= configs/bench_resnet50_os16.gin
 BENCH_ARGS ?= --crop=128 --crop=256 --crop=513
 
-.PHONY: install demo test test-fast lint fmt bench bench-input clean
+.PHONY: install constraints demo test test-fast lint fmt bench bench-input clean
 
 install: $(INSTALL_STAMP)
 
 # Re-installs only when the packaging changes, so repeated `make test` is quick.
-$(INSTALL_STAMP): setup.py pyproject.toml
+# constraints.txt pins every package to the version the tests passed with.
+$(INSTALL_STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(INSTALL_STAMP)
+
+# Re-pins constraints.txt to what the venv holds now (after the tests pass with it).
+constraints: install
+	{ sed -n '1,3p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	rm -rf $(DEMO_DIR)

@@ -23,7 +23,9 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
-        "dev": ["pytest", "pytest-xdist", "ruff"],
+        "vertex": ["cloudml-hypertune"],
+        # kubernetes and pyyaml check the deploy/ manifests; cloudml-hypertune the hyperparameter-tuning report.
+        "dev": ["pytest", "pytest-xdist", "ruff", "kubernetes", "pyyaml", "cloudml-hypertune"],
     },
     entry_points={
         "console_scripts": [

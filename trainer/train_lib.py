@@ -77,8 +77,12 @@ def build_context(
     info: DatasetInfo,
     model_fn: Callable[..., keras.Model],
     config: RunConfig,
+    summary_dir: str | None = None,
 ) -> RunContext:
-    """Builds the model (and, for training modes, its optimizer), the summary writers and the checkpointer."""
+    """Builds the model (and, for training modes, its optimizer), the summary writers and the checkpointer.
+
+    Summaries go to `summary_dir` (train/, eval/ in it) when given, else to `model_dir`.
+    """
     train = config.train
     task = task_info(strategy)
     state = build_model_state(
@@ -91,7 +95,7 @@ def build_context(
     )
     streams = [summaries.TRAIN_SUBDIR] if mode in TRAINING_MODES else []
     streams += [summaries.EVAL_SUBDIR] if mode in EVALUATING_MODES else []
-    writers = summaries.SummaryWriters(model_dir, task, streams)
+    writers = summaries.SummaryWriters(summary_dir or model_dir, task, streams)
     checkpointer = Checkpointer(
         state.checkpoint,
         model_dir,
@@ -274,7 +278,7 @@ def configure(strategy: tf.distribute.Strategy, **given: object) -> RunConfig:
     return dataclasses.replace(config, train=train)
 
 
-@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps"])
+@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps", "summary_dir"])
 def run(
     mode: "str | Mode",
     model_dir: str,
@@ -288,6 +292,7 @@ def run(
     input_pipeline: InputPipeline | None = None,
     profile_steps: "str | tuple[int, int] | None" = None,
     export_config: exporter.ExportConfig | None = None,
+    summary_dir: str | None = None,
 ) -> dict | None:
     """Trains, evaluates or exports DeepLabV3+ in `model_dir`; returns the last evaluation report, if any.
 
@@ -303,6 +308,8 @@ def run(
       dataset: returns the `DatasetInfo` to train on (e.g. `@synthetic_shapes`, `@tfrecord_dataset`).
       model: builds the model given `num_classes`.
       profile_steps: `START,END` global steps to capture a profiler trace of (rounded out to host loops).
+      summary_dir: where the train/ and eval/ summaries go instead of `model_dir` (Vertex AI's
+        AIP_TENSORBOARD_LOG_DIR).
     """
     mode = Mode.parse(mode)
     _check_flags(mode, model_dir, checkpoint)
@@ -318,7 +325,7 @@ def run(
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
-    context = build_context(mode, model_dir, strategy, dataset(), model, config)
+    context = build_context(mode, model_dir, strategy, dataset(), model, config, summary_dir)
     try:
         if mode is not Mode.CONTINUOUS_EVAL:  # an evaluator beside a training job writes only eval/ and best/
             manifest.write_run_manifest(mode, model_dir, strategy, context.task, context.writers.train, context.step)
