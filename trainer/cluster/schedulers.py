@@ -19,6 +19,8 @@ KUBERNETES = "kubernetes"
 SLURM = "slurm"
 CLUSTER_SOURCES = (KUBERNETES, SLURM)
 INDEX_FIELD = "{index}"
+# More than any node runs tasks: see slurm_resolver.
+_CPU_NODE_PLACEHOLDER_GPUS = 1024
 
 
 def _gpu_count() -> dict[str, int]:
@@ -51,19 +53,26 @@ def slurm_resolver(port_base: int) -> tf.distribute.cluster_resolver.ClusterReso
     Raises:
       UserInputError: not inside a Slurm job step (a SLURM_* variable is missing or malformed).
     """
-    # Without nvidia-smi (a CPU node) the resolver cannot count GPUs; zero is the truth there.
     has_gpus = "CUDA_VISIBLE_DEVICES" in os.environ or shutil.which("nvidia-smi") is not None
+    # The resolver hands out GPUs to tasks and cannot place tasks on a node with none (it steps through GPU ids
+    # to assign ports), so on CPU nodes it is given placeholder GPUs that it must not set, and the strategy is
+    # handed its cluster with the true GPU count (zero).
+    gpu_options = {} if has_gpus else {"gpus_per_node": _CPU_NODE_PLACEHOLDER_GPUS, "gpus_per_task": 1}
     try:
         resolver = tf.distribute.cluster_resolver.SlurmClusterResolver(
-            port_base=port_base, gpus_per_node=None if has_gpus else 0, auto_set_gpu=has_gpus
+            port_base=port_base, auto_set_gpu=has_gpus, **gpu_options
         )
-        resolver.cluster_spec()  # sets task_type/task_id (and CUDA_VISIBLE_DEVICES for one task per GPU)
+        cluster = resolver.cluster_spec()  # sets task_type/task_id (and CUDA_VISIBLE_DEVICES, one task per GPU)
     except (RuntimeError, ValueError) as error:
         raise UserInputError(
             f"--cluster_from=slurm: expected to run as a task of a Slurm job step (srun inside sbatch, which sets "
             f"SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE), received: {error}"
         ) from None
-    return resolver
+    if has_gpus:
+        return resolver
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        cluster, task_type=resolver.task_type, task_id=resolver.task_id, num_accelerators=_gpu_count()
+    )
 
 
 def vertex_model_dir() -> str | None:
