@@ -1,7 +1,6 @@
 """The cluster from Kubernetes and Slurm environments, Vertex AI's directories and metric, the join timeout."""
 
 import json
-import os
 import socket
 
 import pytest
