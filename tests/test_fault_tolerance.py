@@ -67,10 +67,11 @@ def test_sigterm_inside_a_500_step_loop_saves_within_3_steps_and_exits_with_pree
     assert process.wait(_TIMEOUT) == 75
     print(f"SIGTERM to exit: {time.monotonic() - signalled:.1f} s")
     saved_step, _ = chaos.checkpoint_values(model_dir)
-    # The checkpoint is of the step the run reached, within 3 steps of the signal, long before the loop's end.
+    # The checkpoint is of the step the run reached, within 3 steps of the signal, long before the loop's end
+    # (step 500 itself when the signal lands between the loops, on a loaded machine).
     assert saved_step == process.preempted_step
     assert process.sigterm_step <= saved_step <= process.sigterm_step + 3
-    assert 500 < saved_step < 1000
+    assert 500 <= saved_step < 1000
 
 
 @pytest.mark.parametrize("kill_after_step", [1, 4, 6])
@@ -122,7 +123,7 @@ def test_sigterm_to_one_worker_makes_all_workers_save_the_same_step(reference, t
     logs = [open(tmp_path / f"log{index}").read() for index in range(2)]
     assert codes == [EXIT_CODE_PREEMPTED, EXIT_CODE_PREEMPTED], [log[-2000:] for log in logs]
     saved_step, _ = chaos.checkpoint_values(model_dir)
-    assert 500 < saved_step < 1000
+    assert 500 <= saved_step < 1000
     assert processes[1].sigterm_step <= saved_step <= processes[1].sigterm_step + 3
     for log in logs:
         assert f"Preempted (SIGTERM): saved the checkpoint of step {saved_step}" in log
