@@ -13,11 +13,13 @@ BENCH_ARGS ?= --crop=128 --crop=256 --crop=513
 install: $(INSTALL_STAMP)
 
 # Re-installs only when the packaging changes, so repeated `make test` is quick.
-# constraints.txt pins every package to the version the tests passed with.
+# constraints.txt is the tested environment, every package at its version: installed as it is (--no-deps, no
+# resolver), so a fresh clone gets exactly what the tests passed with; `make constraints` after a change.
 $(INSTALL_STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --no-deps -r constraints.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e '.[dev]'
 	touch $(INSTALL_STAMP)
 
 # Re-pins constraints.txt to what the venv holds now (after the tests pass with it).
