@@ -102,7 +102,7 @@ def _scheduler_trials(rng: np.random.Generator, reference: dict, log_path: str) 
     return {
         "mode": "scheduler",
         "trials": len(stops),
-        "preempted_in_loop": len(preempted),
+        "preempted": len(preempted),
         "finished_before_signal": sum(s.exit_code == 0 for s in stops),
         "killed_after_grace": sum(s.killed_after_grace for s in stops),
         "max_steps_after_signal": max((s.steps_after_signal for s in preempted), default=None),
