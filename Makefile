@@ -7,8 +7,12 @@ DEMO_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 BENCH_CONFIG ?= configs/bench_resnet50_os16.gin
 BENCH_ARGS ?= --crop=128 --crop=256 --crop=513
+# The TF.js converter pins an older TensorFlow, and TFX does not resolve with pip: each gets its own environment.
+TFJS_VENV ?= .venv-tfjs
+TFX_VENV ?= .venv-tfx
+WEB_DIR := deploy/web
 
-.PHONY: install constraints demo test test-fast lint fmt bench bench-input clean
+.PHONY: install constraints demo test test-fast lint fmt bench bench-input clean tfjs-env web tfx-env test-tfx
 
 install: $(INSTALL_STAMP)
 
@@ -19,7 +23,7 @@ $(INSTALL_STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet --no-deps -r constraints.txt
-	$(PYTHON) -m pip install --quiet --no-deps -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --no-deps -e '.[dev,export]'
 	touch $(INSTALL_STAMP)
 
 # Re-pins constraints.txt to what the venv holds now (after the tests pass with it).
@@ -46,6 +50,31 @@ bench: install
 bench-input: install
 	$(PYTHON) -m devtools.bench input
 
+# tensorflowjs_converter (TF 2.19 inside; reads this project's SavedModels). ydf 0.11: newer ydf wheels need a
+# protobuf newer than TF 2.19 allows.
+tfjs-env: $(TFJS_VENV)/bin/tensorflowjs_converter
+
+$(TFJS_VENV)/bin/tensorflowjs_converter:
+	test -x $(TFJS_VENV)/bin/python || $(PYTHON_BOOTSTRAP) -m venv $(TFJS_VENV)
+	$(TFJS_VENV)/bin/python -m pip install --quiet tensorflowjs==4.22.0 ydf==0.11.0
+
+# @tensorflow/tfjs from the npm registry, vendored into deploy/web/vendor for the page (no CDN).
+web: $(WEB_DIR)/vendor/tf.min.js
+
+$(WEB_DIR)/vendor/tf.min.js: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	npm ci --prefix $(WEB_DIR) --no-audit --no-fund
+	npm run --prefix $(WEB_DIR) build
+
+tfx-env: $(TFX_VENV)/.installed
+
+$(TFX_VENV)/.installed: setup.py scripts/install_tfx_env.sh
+	scripts/install_tfx_env.sh $(TFX_VENV) $(PYTHON_BOOTSTRAP)
+	touch $@
+
+# The TFX pipeline end to end (minutes).
+test-tfx: tfx-env
+	$(TFX_VENV)/bin/python -m pytest -q tests/pipeline $(PYTEST_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -55,5 +84,5 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TFJS_VENV) $(TFX_VENV) $(WEB_DIR)/node_modules $(WEB_DIR)/vendor runs build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

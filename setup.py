@@ -26,6 +26,11 @@ setup(
         "vertex": ["cloudml-hypertune"],
         # kubernetes and pyyaml check the deploy/ manifests; cloudml-hypertune the hyperparameter-tuning report.
         "dev": ["pytest", "pytest-xdist", "ruff", "kubernetes", "pyyaml", "cloudml-hypertune"],
+        # TFLite parity on LiteRT; ONNX export and parity on ONNX Runtime.
+        "export": ["ai-edge-litert", "tf2onnx", "onnxruntime"],
+        # pip cannot resolve it from PyPI today (tfx 1.21 wants ml-metadata 1.21, unpublished):
+        # `make tfx-env` (scripts/install_tfx_env.sh) installs it into its own environment.
+        "tfx": ["tfx~=1.21.0"],
     },
     entry_points={
         "console_scripts": [

@@ -111,7 +111,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def _machine() -> str:
+def machine() -> str:
     """One line naming the CPU (and accelerators) the benchmark ran on."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -141,7 +141,7 @@ def _accelerator_peak_mib() -> float | None:
     return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
 
 
-def _build_trainer(
+def build_in_memory_trainer(
     crop: int, strategy: tf.distribute.Strategy, config: RunConfig, num_classes: int
 ) -> tuple[Trainer, tuple[np.ndarray, np.ndarray]]:
     """The trainer `run()` would build for `crop`×`crop` inputs, fed one fixed random batch from memory."""
@@ -210,10 +210,10 @@ def benchmark_crop(
     """Builds the configured trainer for `crop`×`crop` inputs, times it and the bare step; see the module doc."""
     train_config = config.train
     global_batch, replicas = train_config.global_batch_size, strategy.num_replicas_in_sync
-    trainer, (images, labels) = _build_trainer(crop, strategy, config, num_classes)
+    trainer, (images, labels) = build_in_memory_trainer(crop, strategy, config, num_classes)
     model = trainer.model
     flops = forward_flops_per_image(model, crop, crop)
-    bare_step, bare_batch = _bare_train_step(
+    bare_step, bare_batch = bare_train_step(
         strategy, model, trainer.optimizer, train_config.jit_compile, images, labels
     )
 
@@ -254,7 +254,7 @@ def benchmark_crop(
     )
 
 
-def _bare_train_step(
+def bare_train_step(
     strategy: tf.distribute.Strategy,
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
@@ -350,12 +350,12 @@ def main(argv: Sequence[str]) -> int:
         f"{args.num_classes} classes; {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s); "
         "random inputs from memory"
     )
-    print(format_report(" ".join(args.config), _machine(), setting, peaks, results))
+    print(format_report(" ".join(args.config), machine(), setting, peaks, results))
     if args.output_json:
         report = {
             "config": args.config,
             "gin_bindings": args.gin_bindings,
-            "machine": _machine(),
+            "machine": machine(),
             "setting": setting,
             "peaks": {dtype: dataclasses.asdict(p) for dtype, p in peaks.items()},
             "results": [dataclasses.asdict(r) for r in results],

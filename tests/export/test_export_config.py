@@ -26,6 +26,10 @@ def test_the_exporter_takes_its_config_from_the_caller():
         ({"tflite_input_size": (32, -1)}, r"gin binding export.tflite_input_size\[1\]: expected a positive integer"),
         ({"num_calibration_images": 0}, r"gin binding export.num_calibration_images: expected a positive integer"),
         ({"num_parity_images": True}, r"gin binding export.num_parity_images: expected a positive integer"),
+        (
+            {"formats": ("saved_model", "torchscript")},
+            r"gin binding export.formats: expected one of \{saved_model, tflite, onnx, tfjs\}, received 'torchscript'",
+        ),
     ],
 )
 def test_bad_settings_name_the_binding(kwargs, message):
@@ -35,3 +39,14 @@ def test_bad_settings_name_the_binding(kwargs, message):
 
 def test_sizes_become_tuples():
     assert exporter.ExportConfig(tflite_input_size=[48, 64]).tflite_input_size == (48, 64)
+
+
+def test_formats_start_with_the_saved_model_and_tflite_follows_its_conversions():
+    assert exporter.ExportConfig().formats == ("saved_model",)
+    assert exporter.ExportConfig(formats="onnx").formats == ("saved_model", "onnx")
+    everything = exporter.ExportConfig(formats=("tfjs", "tflite", "onnx", "saved_model"))
+    assert everything.formats == ("saved_model", "tfjs", "tflite", "onnx")
+    # 'tflite' alone means every conversion; naming conversions implies 'tflite' (the binding as it was before).
+    assert [q.value for q in everything.tflite_quantizations] == ["float32", "float16", "dynamic_range_int8", "int8"]
+    implied = exporter.ExportConfig(tflite_quantizations=("int8",))
+    assert implied.formats == ("saved_model", "tflite") and [q.value for q in implied.tflite_quantizations] == ["int8"]

@@ -19,6 +19,9 @@ from trainer.data.synthetic import CLASS_NAMES, synthetic_shapes
 from trainer.serving import exporter, tflite, tflite_metadata
 
 pytestmark = pytest.mark.slow
+litert = pytest.importorskip(
+    "ai_edge_litert.interpreter", reason="ai-edge-litert (the [export] extra) is not installed"
+)
 
 CONVERSIONS = ("float32", "float16", "dynamic_range_int8", "int8")
 
@@ -45,6 +48,8 @@ def _tflite_file(model_dir: str, conversion: str) -> bytes:
 @pytest.mark.parametrize("conversion", CONVERSIONS)
 def test_each_conversion_runs_in_the_interpreter(exported, conversion):
     interpreter = tflite.interpreter(_tflite_file(exported, conversion))
+    # LiteRT's interpreter, not TensorFlow's deprecated tf.lite.Interpreter.
+    assert isinstance(interpreter, litert.Interpreter) and not isinstance(interpreter, tf.lite.Interpreter)
     runner = interpreter.get_signature_runner("serving_default")
     (images,) = runner.get_input_details().values()
     assert images["dtype"] == np.uint8 and list(images["shape"]) == [1, 48, 48, 3]

@@ -1,9 +1,12 @@
-"""`--mode=export` and export at the end of training: which weights, the SavedModel, the TFLite models, parity.
+"""`--mode=export` and export at the end of training: which weights, the SavedModel, the other formats, parity.
 
 Layout in the run directory:
 
     model_dir/export/<step>/          SavedModel (TF Serving version directory; `--model_base_path=model_dir/export`)
     model_dir/tflite/<step>/          deeplab_<conversion>.tflite (with metadata and labels), parity.json
+    model_dir/onnx/<step>/            deeplab.onnx
+    model_dir/tfjs/<step>/            model.json, weight shards, labels.txt
+    model_dir/parity/<step>/          parity.json: every format against the SavedModel
 """
 
 import contextlib
@@ -20,16 +23,17 @@ from absl import logging
 from trainer.cluster.tasks import TaskInfo
 from trainer.common import validate
 from trainer.common.errors import UserInputError
-from trainer.common.files import write_atomically, write_json_atomically
+from trainer.common.files import write_json_atomically
 from trainer.common.images import to_uint8
 from trainer.data import schema
 from trainer.data.info import DatasetInfo
 from trainer.data.pipeline import InputPipeline
-from trainer.serving import preprocessing, saved_model, tflite
+from trainer.serving import formats as export_formats
+from trainer.serving import parity, preprocessing, saved_model, tfjs_export, tflite
 from trainer.storage import checkpoints
 
-TFLITE_SUBDIR = "tflite"
-PARITY_FILE = "parity.json"
+TFLITE_SUBDIR = export_formats.TFLITE
+PARITY_FILE = export_formats.PARITY_FILE
 CHECKPOINT_CHOICES = ("latest", "best")
 # Mid-grey: what the training pipeline pads with (0 in [-1, 1]).
 _PAD_PIXEL = 128
@@ -44,17 +48,25 @@ class ExportConfig:
     """What to export; bound in gin as `export.<field>`.
 
     Attributes:
+      formats: what to write, of 'saved_model' (always written: every other format is made from it or measured
+        against it), 'tflite', 'onnx', 'tfjs'.
       at_end_of_training: export when `--mode=train` / `train_and_eval` finishes.
       checkpoint: `--mode=export` exports the 'latest' checkpoint (model_dir/checkpoints) or the 'best' one
         (model_dir/best).
       size_multiple: exported models pad images up to a multiple of this; None: the backbone's output stride.
       tflite_quantizations: TFLite conversions to write, of 'float32', 'float16', 'dynamic_range_int8', 'int8'
-        (full integer); none by default.
-      tflite_input_size: (height, width) of the TFLite input; None: `input_pipeline.crop_size`.
+        (full integer); naming any implies 'tflite' in `formats`; 'tflite' with none names all four.
+      tflite_input_size: (height, width) of the TFLite input, the ONNX input (batch stays dynamic) and the parity
+        images; None: `input_pipeline.crop_size`.
       num_calibration_images: training images (from the input pipeline) that calibrate the int8 conversion.
-      num_parity_images: validation images on which each TFLite model is compared with the SavedModel.
+      num_parity_images: validation images on which each format is compared with the SavedModel.
+      tfjs_converter: the `tensorflowjs_converter` to run (a path or a name on PATH); None: the one on PATH, else
+        the one `make tfjs-env` installs in `.venv-tfjs`.
+      web_dir: the directory of the TF.js page and its Node scripts (`deploy/web`, with `npm ci` run in it), where
+        the TF.js parity runs; None: this checkout's `deploy/web`.
     """
 
+    formats: tuple[str, ...] = (export_formats.SAVED_MODEL,)
     at_end_of_training: bool = False
     checkpoint: str = "latest"
     size_multiple: int | None = None
@@ -62,12 +74,22 @@ class ExportConfig:
     tflite_input_size: tuple[int, int] | None = None
     num_calibration_images: int = 100
     num_parity_images: int = 100
+    tfjs_converter: str | None = None
+    web_dir: str | None = None
 
     def __post_init__(self):
         validate.choice("gin binding export.checkpoint", self.checkpoint, CHECKPOINT_CHOICES)
         if self.size_multiple is not None:
             validate.positive_int("gin binding export.size_multiple", self.size_multiple)
         object.__setattr__(self, "tflite_quantizations", tflite.Quantization.parse_all(self.tflite_quantizations))
+        names = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
+        names = [validate.choice("gin binding export.formats", name, export_formats.FORMAT_CHOICES) for name in names]
+        if self.tflite_quantizations:
+            names.append(export_formats.TFLITE)
+        elif export_formats.TFLITE in names:
+            object.__setattr__(self, "tflite_quantizations", tuple(tflite.Quantization))
+        # The SavedModel comes first: the other formats are made from it.
+        object.__setattr__(self, "formats", tuple(dict.fromkeys([export_formats.SAVED_MODEL, *names])))
         if self.tflite_input_size is not None:
             size = validate.size_pair("gin binding export.tflite_input_size", self.tflite_input_size)
             object.__setattr__(self, "tflite_input_size", size)
@@ -77,12 +99,14 @@ class ExportConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportResult:
-    """Where an export went: the SavedModel, the TFLite files by conversion, the parity report (if any)."""
+    """Where an export went: the SavedModel, the TFLite files by conversion, every other format's file by format
+    and variant (e.g. files['onnx']['float32']), the parity report (if any format besides the SavedModel)."""
 
     step: int
     saved_model_dir: str
     tflite_files: dict[str, str]
     parity: dict | None
+    files: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 def checkpoint_to_export(model_dir: str, which: str) -> str:
@@ -181,7 +205,7 @@ def validation_images(info: DatasetInfo, size: tuple[int, int], count: int) -> t
     return np.stack(images), np.stack(labels), np.stack(inside)
 
 
-def _export_tflite(
+def _write_formats(
     model: keras.Model,
     model_dir: str,
     step: int,
@@ -190,39 +214,65 @@ def _export_tflite(
     info: DatasetInfo,
     input_pipeline: InputPipeline,
     config: ExportConfig,
-) -> tuple[dict[str, str], dict]:
-    """Writes the TFLite conversions and their parity report; returns (files by conversion, report)."""
+) -> list[export_formats.Artefact]:
+    """Writes every format of `config.formats` besides the SavedModel; returns them in that order."""
     input_size = config.tflite_input_size or tuple(input_pipeline.crop_size)
-    directory = os.path.join(model_dir, TFLITE_SUBDIR, str(step))
-    tf.io.gfile.makedirs(directory)
-    calibration = None
-    contents, files = {}, {}
-    for quantization in config.tflite_quantizations:
-        if quantization is tflite.Quantization.INT8 and calibration is None:
-            calibration = calibration_images(info, input_pipeline, input_size, config.num_calibration_images)
-        content = tflite.convert(
+    artefacts = []
+    if export_formats.TFLITE in config.formats:
+        artefacts += export_formats.write_tflite(
             model,
+            export_formats.step_directory(model_dir, TFLITE_SUBDIR, step),
             input_size,
             size_multiple,
-            quantization,
-            representative_images=calibration if quantization is tflite.Quantization.INT8 else None,
+            config.tflite_quantizations,
+            info.class_names,
+            str(step),
+            lambda: calibration_images(info, input_pipeline, input_size, config.num_calibration_images),
         )
-        contents[quantization.value] = tflite.with_metadata(content, info.class_names, quantization, str(step))
-        files[quantization.value] = os.path.join(directory, f"deeplab_{quantization.value}.tflite")
-        write_atomically(files[quantization.value], contents[quantization.value])
-        logging.info("Wrote %s (%d bytes).", files[quantization.value], len(contents[quantization.value]))
+    if export_formats.ONNX in config.formats:
+        directory = export_formats.step_directory(model_dir, export_formats.ONNX, step)
+        artefacts.append(export_formats.write_onnx(model, directory, input_size, size_multiple))
+    if export_formats.TFJS in config.formats:
+        directory = export_formats.step_directory(model_dir, export_formats.TFJS, step)
+        web_dir = config.web_dir or tfjs_export.DEFAULT_WEB_DIR
+        artefacts.append(
+            export_formats.write_tfjs(saved_model_dir, directory, info.class_names, config.tfjs_converter, web_dir)
+        )
+    return artefacts
+
+
+def _parity(
+    artefacts: list[export_formats.Artefact],
+    model_dir: str,
+    step: int,
+    saved_model_dir: str,
+    input_size: tuple[int, int],
+    info: DatasetInfo,
+    config: ExportConfig,
+) -> dict:
+    """Measures every artefact against the SavedModel; logs the table and writes parity.json."""
     images, labels, inside = validation_images(info, input_size, config.num_parity_images)
     report = {
         "step": step,
         "saved_model": saved_model_dir,
         "input_size": list(input_size),
         "images": "top-left input_size window of each validation image, padded with mid-grey",
-        "files": files,
-        **tflite.parity_report(saved_model_dir, contents, images, labels, inside, info.num_classes, info.ignore_label),
+        "files": {
+            artefact.variant: artefact.path for artefact in artefacts if artefact.format == export_formats.TFLITE
+        },
+        **export_formats.measure(
+            artefacts,
+            parity.ParityReport(saved_model_dir, images, labels, inside, info.num_classes, info.ignore_label),
+        ),
     }
-    logging.info("%s", tflite.format_parity(report))
-    write_json_atomically(os.path.join(directory, PARITY_FILE), report)
-    return files, report
+    logging.info("%s", parity.format_parity(report))
+    write_json_atomically(
+        os.path.join(export_formats.step_directory(model_dir, export_formats.PARITY_SUBDIR, step), PARITY_FILE), report
+    )
+    if export_formats.TFLITE in config.formats:
+        # Where the TFLite-only export wrote it before the other formats existed.
+        write_json_atomically(os.path.join(model_dir, TFLITE_SUBDIR, str(step), PARITY_FILE), report)
+    return report
 
 
 def export_model(
@@ -256,9 +306,18 @@ def export_model(
         return None
     size_multiple = config.size_multiple or preprocessing.size_multiple(copy)
     saved_model_dir = saved_model.export_saved_model(copy, model_dir, step, info.class_names, size_multiple)
-    files, report = {}, None
-    if config.tflite_quantizations:
-        files, report = _export_tflite(
-            copy, model_dir, step, saved_model_dir, size_multiple, info, input_pipeline, config
-        )
-    return ExportResult(step=step, saved_model_dir=saved_model_dir, tflite_files=files, parity=report)
+    artefacts = _write_formats(copy, model_dir, step, saved_model_dir, size_multiple, info, input_pipeline, config)
+    report = None
+    if artefacts:
+        input_size = config.tflite_input_size or tuple(input_pipeline.crop_size)
+        report = _parity(artefacts, model_dir, step, saved_model_dir, input_size, info, config)
+    files = {}
+    for artefact in artefacts:
+        files.setdefault(artefact.format, {})[artefact.variant] = artefact.path
+    return ExportResult(
+        step=step,
+        saved_model_dir=saved_model_dir,
+        tflite_files=files.get(TFLITE_SUBDIR, {}),
+        parity=report,
+        files=files,
+    )

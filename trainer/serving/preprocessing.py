@@ -12,6 +12,7 @@ from trainer.common.errors import UserInputError
 from trainer.common.images import to_unit_range
 from trainer.models.layers import spatial_size
 
+IMAGES_INPUT = "images"
 CLASS_MAP = "class_map"
 PROBABILITIES = "probabilities"
 # class_map's value outside an image, where a batch of different sizes was padded to the largest.
@@ -56,6 +57,27 @@ def predictions(logits: tf.Tensor) -> dict[str, tf.Tensor]:
         CLASS_MAP: tf.argmax(logits, axis=-1, output_type=tf.int32),
         PROBABILITIES: tf.nn.softmax(logits, axis=-1),
     }
+
+
+def fixed_size_module(
+    model: keras.Model, input_size: tuple[int, int], multiple: int, batch_size: int | None
+) -> tf.Module:
+    """The model behind a fixed-size uint8 input `images` [batch_size, H, W, 3] (None: any batch), with the
+    SavedModel's pre- and post-processing, as `module.serve`.
+
+    Converters (TFLite, ONNX) want the spatial size static: padding to `multiple` then stays a constant.
+    """
+    module = tf.Module(name="fixed_size_segmenter")
+    # As in the SavedModel, only the variables are tracked: converters save the module, Keras tracing is slow.
+    module.model_variables = list(model.variables)
+
+    def segment(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return predictions(segment_logits(model, images, multiple))
+
+    height, width = input_size
+    signature = [tf.TensorSpec([batch_size, height, width, 3], tf.uint8, IMAGES_INPUT)]
+    module.serve = tf.function(segment, input_signature=signature)
+    return module
 
 
 def decode_images(image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

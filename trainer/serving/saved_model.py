@@ -20,7 +20,7 @@ from trainer.serving import preprocessing
 EXPORT_SUBDIR = "export"
 SERVING_DEFAULT = "serving_default"
 SERVE_ENCODED = "serve_encoded"
-IMAGES_INPUT = "images"
+IMAGES_INPUT = preprocessing.IMAGES_INPUT
 IMAGE_BYTES_INPUT = "image_bytes"
 LABELS_ASSET = "labels.txt"
 

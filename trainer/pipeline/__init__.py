@@ -1,0 +1,1 @@
+"""Running the trainer inside ML pipelines (TFX)."""
