@@ -12,16 +12,24 @@ TFJS_VENV ?= .venv-tfjs
 TFX_VENV ?= .venv-tfx
 WEB_DIR := deploy/web
 
-.PHONY: install demo test test-fast lint fmt bench bench-input bench-e2e bench-compare bench-scaling clean tfjs-env web tfx-env test-tfx
+.PHONY: install constraints demo test test-fast lint fmt bench bench-input bench-e2e bench-compare bench-scaling clean tfjs-env web tfx-env test-tfx
 
 install: $(INSTALL_STAMP)
 
 # Re-installs only when the packaging changes, so repeated `make test` is quick.
-$(INSTALL_STAMP): setup.py pyproject.toml
+# constraints.txt is the tested environment, every package at its version: installed as it is (--no-deps, no
+# resolver), so a fresh clone gets exactly what the tests passed with; `make constraints` after a change.
+$(INSTALL_STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev,export]'
+	$(PYTHON) -m pip install --quiet --no-deps -r constraints.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e '.[dev,export]'
 	touch $(INSTALL_STAMP)
+
+# Re-pins constraints.txt to what the venv holds now (after the tests pass with it).
+constraints: install
+	{ sed -n '1,3p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	rm -rf $(DEMO_DIR)
