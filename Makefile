@@ -12,16 +12,24 @@ TFJS_VENV ?= .venv-tfjs
 TFX_VENV ?= .venv-tfx
 WEB_DIR := deploy/web
 
-.PHONY: install demo test test-fast lint fmt bench bench-input clean tfjs-env web tfx-env test-tfx
+.PHONY: install constraints demo test test-fast lint fmt bench bench-input bench-e2e bench-compare bench-scaling clean tfjs-env web tfx-env test-tfx
 
 install: $(INSTALL_STAMP)
 
 # Re-installs only when the packaging changes, so repeated `make test` is quick.
-$(INSTALL_STAMP): setup.py pyproject.toml
+# constraints.txt is the tested environment, every package at its version: installed as it is (--no-deps, no
+# resolver), so a fresh clone gets exactly what the tests passed with; `make constraints` after a change.
+$(INSTALL_STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[dev,export]'
+	$(PYTHON) -m pip install --quiet --no-deps -r constraints.txt
+	$(PYTHON) -m pip install --quiet --no-deps -e '.[dev,export]'
 	touch $(INSTALL_STAMP)
+
+# Re-pins constraints.txt to what the venv holds now (after the tests pass with it).
+constraints: install
+	{ sed -n '1,3p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 demo: install
 	rm -rf $(DEMO_DIR)
@@ -41,6 +49,19 @@ bench: install
 # Decoded + augmented training examples/sec of VOC-like JPEGs at crop 513, with 1 and 2 input threads.
 bench-input: install
 	$(PYTHON) -m devtools.bench input
+
+# The real trainer (run(), on generated TFRecords, through the input pipeline) beside the in-memory and bare steps.
+bench-e2e: install
+	$(PYTHON) -m devtools.bench e2e --config=$(BENCH_CONFIG) --crop=128 --crop=256
+
+# This trainer against TF Model Garden's on the same TFRecords, alternating processes (installs Model Garden into
+# .venv-model-garden once).
+bench-compare: install
+	$(PYTHON) -m devtools.bench compare --crop=128 --crop=256
+
+# Examples/s against crop, global batch and replicas (one device, Mirrored over 2 logical CPUs, 2 local workers).
+bench-scaling: install
+	$(PYTHON) -m devtools.bench scaling --config=$(BENCH_CONFIG)
 
 # tensorflowjs_converter (TF 2.19 inside; reads this project's SavedModels). ydf 0.11: newer ydf wheels need a
 # protobuf newer than TF 2.19 allows.
@@ -76,5 +97,5 @@ fmt: install
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(TFJS_VENV) $(TFX_VENV) $(WEB_DIR)/node_modules $(WEB_DIR)/vendor runs build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-model-garden $(TFJS_VENV) $(TFX_VENV) $(WEB_DIR)/node_modules $(WEB_DIR)/vendor runs build dist *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -23,7 +23,10 @@ setup(
     ],
     extras_require={
         "gpu": ["tensorflow[and-cuda]~=2.21.0"],
-        "dev": ["pytest", "pytest-xdist", "ruff", "tifffile"],  # tifffile: the TIFF tests
+        "vertex": ["cloudml-hypertune"],
+        # kubernetes and pyyaml check the deploy/ manifests; cloudml-hypertune the hyperparameter-tuning report;
+        # tifffile the TIFF tests.
+        "dev": ["pytest", "pytest-xdist", "ruff", "kubernetes", "pyyaml", "cloudml-hypertune", "tifffile"],
         # TFLite parity on LiteRT; ONNX export and parity on ONNX Runtime.
         "export": ["ai-edge-litert", "tf2onnx", "onnxruntime"],
         # pip cannot resolve it from PyPI today (tfx 1.21 wants ml-metadata 1.21, unpublished):

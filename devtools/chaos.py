@@ -1,5 +1,8 @@
 """Chaos testing: kill training runs at random steps (SIGKILL or SIGTERM), resume them, check nothing is lost.
 
+The scheduler mode (`preempt_run`) does what Kubernetes and Slurm do: SIGTERM in the middle of a long host loop,
+then SIGKILL if the process is still alive after the grace period.
+
 Each trial trains a small config in a fresh model_dir, interrupts it one or more times at random steps, resumes
 it to the end and compares the final checkpoint, variable by variable and bit for bit, with an uninterrupted
 reference run. A checkpoint counts as lost when, after an interruption, the newest restorable checkpoint is
@@ -23,6 +26,8 @@ from trainer.cluster.preemption import EXIT_CODE_PREEMPTED
 
 _STEP_LINE = re.compile(r"(?:^|\] )step (\d+)/(\d+)")
 _SAVED_LINE = re.compile(r"Saved checkpoint \S*ckpt-(\d+)")
+_SIGTERM_LINE = re.compile(r"SIGTERM received at step (\d+)")
+_PREEMPTED_LINE = re.compile(r"Preempted \(SIGTERM\): saved the checkpoint of step (\d+)")
 # Values that legitimately differ between an interrupted and an uninterrupted run: how many saves were made.
 _BOOKKEEPING_KEYS = ("save_counter/",)
 
@@ -43,6 +48,8 @@ class TrainerProcess:
         )
         self.last_step = 0
         self.saved_steps: list[int] = []
+        self.sigterm_step: int | None = None
+        self.preempted_step: int | None = None
         self._step_event = threading.Condition()
         self._reader = threading.Thread(target=self._follow, daemon=True)
         self._reader.start()
@@ -55,6 +62,10 @@ class TrainerProcess:
                     self.last_step = int(match.group(1))
                 if match := _SAVED_LINE.search(line):
                     self.saved_steps.append(int(match.group(1)))
+                if match := _SIGTERM_LINE.search(line):
+                    self.sigterm_step = int(match.group(1))
+                if match := _PREEMPTED_LINE.search(line):
+                    self.preempted_step = int(match.group(1))
                 self._step_event.notify_all()
 
     def wait_for_step(self, step: int, timeout: float) -> bool:
@@ -73,6 +84,9 @@ class TrainerProcess:
     def send(self, signum: int) -> None:
         """Sends `signum` to the child."""
         self._process.send_signal(signum)
+
+    def running(self) -> bool:
+        return self._process.poll() is None
 
     def kill_if_running(self) -> None:
         """SIGKILLs the child unless it already exited (cleanup after a failed check)."""
@@ -208,3 +222,57 @@ def run_trial(
     final_step, values = checkpoint_values(model_dir)
     mismatched = mismatched_keys(reference, values) if exit_code == 0 else ["<resumed run failed>"]
     return TrialResult(interruptions=interruptions, final_step=final_step, mismatched=mismatched)
+
+
+@dataclasses.dataclass
+class SchedulerStop:
+    """One scheduler-style stop: SIGTERM, then SIGKILL after `grace_seconds` if the run was still alive."""
+
+    sigterm_step: int | None
+    preempted_step: int | None
+    restorable_step: int
+    exit_code: int
+    killed_after_grace: bool
+    seconds_to_exit: float
+
+    @property
+    def lost_checkpoint(self) -> bool:
+        """The preemption checkpoint the run reported is not the newest restorable one."""
+        return self.preempted_step is not None and self.restorable_step != self.preempted_step
+
+    @property
+    def steps_after_signal(self) -> int | None:
+        """Steps run between the signal and the stop (None when the run finished or was killed)."""
+        if self.sigterm_step is None or self.preempted_step is None:
+            return None
+        return self.preempted_step - self.sigterm_step
+
+
+def preempt_run(
+    flags: Sequence[str],
+    model_dir: str,
+    after_step: int,
+    delay_seconds: float,
+    grace_seconds: float,
+    log_path: str,
+    timeout: float,
+    cwd: str | None = None,
+) -> SchedulerStop:
+    """Starts (or resumes) a run; `delay_seconds` after it logged `after_step`, SIGTERM; SIGKILL after the grace."""
+    process = TrainerProcess(flags, log_path, cwd)
+    signalled_at = None
+    if process.wait_for_step(after_step, timeout):
+        time.sleep(delay_seconds)
+        signalled_at = time.monotonic()
+        process.send(signal.SIGTERM)
+    exit_code = process.wait(grace_seconds if signalled_at is not None else timeout)
+    killed = exit_code == -signal.SIGKILL
+    restorable_step, _ = checkpoint_values(model_dir)
+    return SchedulerStop(
+        sigterm_step=process.sigterm_step,
+        preempted_step=process.preempted_step,
+        restorable_step=restorable_step,
+        exit_code=exit_code,
+        killed_after_grace=killed,
+        seconds_to_exit=time.monotonic() - signalled_at if signalled_at is not None else 0.0,
+    )

@@ -87,6 +87,6 @@ def test_a_port_in_use_is_a_config_error(tmp_path):
         assert worker.wait(timeout=120) == 1
     assert (
         f"error: --worker_hosts: this worker (/job:worker/task:0) could not listen on the port of its address "
-        f"{hosts[0]} (TensorFlow: Could not start gRPC server). Expected a free port" in worker.output
+        f"{hosts[0]} (address already in use). Expected a free port" in worker.output
     )
     assert "Traceback" not in worker.output

@@ -6,6 +6,7 @@ fills in its bindings) and passed to the objects that use it.
 
 import dataclasses
 
+from trainer.cluster.preemption import PreemptionConfig
 from trainer.core.config import EvalConfig, TrainConfig
 from trainer.core.inference import InferenceConfig
 from trainer.core.initialization import InitConfig
@@ -31,6 +32,7 @@ class RunConfig:
     export: ExportConfig
     input_pipeline: InputPipeline
     batch_norm: BatchNormConfig
+    preemption: PreemptionConfig
 
     @classmethod
     def from_gin(cls, **given: object) -> "RunConfig":
@@ -50,4 +52,5 @@ _PART_TYPES = {
     "export": ExportConfig,
     "input_pipeline": InputPipeline,
     "batch_norm": BatchNormConfig,
+    "preemption": PreemptionConfig,
 }

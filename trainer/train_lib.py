@@ -15,7 +15,7 @@ from absl import logging
 
 from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
 from trainer.cluster.placement import Placement
-from trainer.cluster.preemption import PreemptionWatcher
+from trainer.cluster.preemption import PreemptionWatcher, new_stop_flag
 from trainer.cluster.strategies import StrategyName, create_strategy, default_precision, default_steps_per_loop
 from trainer.cluster.tasks import TaskInfo, task_info
 from trainer.common.errors import UserInputError
@@ -77,8 +77,12 @@ def build_context(
     info: DatasetInfo,
     model_fn: Callable[..., keras.Model],
     config: RunConfig,
+    summary_dir: str | None = None,
 ) -> RunContext:
-    """Builds the model (and, for training modes, its optimizer), the summary writers and the checkpointer."""
+    """Builds the model (and, for training modes, its optimizer), the summary writers and the checkpointer.
+
+    Summaries go to `summary_dir` (train/, eval/ in it) when given, else to `model_dir`.
+    """
     train = config.train
     task = task_info(strategy)
     state = build_model_state(
@@ -92,7 +96,7 @@ def build_context(
     )
     streams = [summaries.TRAIN_SUBDIR] if mode in TRAINING_MODES else []
     streams += [summaries.EVAL_SUBDIR] if mode in EVALUATING_MODES else []
-    writers = summaries.SummaryWriters(model_dir, task, streams)
+    writers = summaries.SummaryWriters(summary_dir or model_dir, task, streams)
     checkpointer = Checkpointer(
         state.checkpoint,
         model_dir,
@@ -104,8 +108,13 @@ def build_context(
     return RunContext(mode, model_dir, strategy, task, info, config, state, writers, checkpointer)
 
 
-def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> Trainer:
-    """The Trainer of `context`'s model, fed from the training split (timed by `monitor` when given)."""
+def build_trainer(
+    context: RunContext, monitor: TrainMonitor | None = None, stop_flag: tf.Variable | None = None
+) -> Trainer:
+    """The Trainer of `context`'s model, fed from the training split (timed by `monitor` when given).
+
+    With `stop_flag` (`preemption.new_stop_flag`) its host loop stops after the step at which the flag is set.
+    """
     train, pipeline, state = context.config.train, context.config.input_pipeline, context.state
 
     def train_dataset(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -129,6 +138,7 @@ def build_trainer(context: RunContext, monitor: TrainMonitor | None = None) -> T
         summary_writer=context.writers.train,
         batches=batches,
         train_files=context.info.train_files,
+        stop_flag=stop_flag,
     )
 
 
@@ -153,15 +163,18 @@ def build_controller(context: RunContext, profile_steps: tuple[int, int] | None 
     def save_for_preemption() -> str | None:
         return context.checkpointer.save(force=True) or context.checkpointer.latest_checkpoint
 
+    stop_flag = new_stop_flag()
     return Controller(
-        build_trainer(context, monitor),
+        build_trainer(context, monitor, stop_flag),
         context.checkpointer,
         config.train.steps_per_loop,
         nan_policy=NanPolicy(
             context.checkpointer, config.train.nan_recovery_attempts, config.train.checkpoint_every_steps
         ),
         actions=actions,
-        preemption=lambda: PreemptionWatcher(context.strategy, save_for_preemption, lambda: context.step),
+        preemption=lambda: PreemptionWatcher(
+            context.strategy, save_for_preemption, lambda: context.step, stop_flag, config.preemption
+        ),
     )
 
 
@@ -269,7 +282,7 @@ def configure(strategy: tf.distribute.Strategy, **given: object) -> RunConfig:
     return dataclasses.replace(config, train=train)
 
 
-@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps"])
+@gin.configurable(denylist=["mode", "model_dir", "strategy", "tpu", "checkpoint", "profile_steps", "summary_dir"])
 def run(
     mode: "str | Mode",
     model_dir: str,
@@ -283,6 +296,7 @@ def run(
     input_pipeline: InputPipeline | None = None,
     profile_steps: "str | tuple[int, int] | None" = None,
     export_config: exporter.ExportConfig | None = None,
+    summary_dir: str | None = None,
 ) -> dict | None:
     """Trains, evaluates or exports DeepLabV3+ in `model_dir`; returns the last evaluation report, if any.
 
@@ -298,6 +312,8 @@ def run(
       dataset: returns the `DatasetInfo` to train on (e.g. `@synthetic_shapes`, `@tfrecord_dataset`).
       model: builds the model given `num_classes`.
       profile_steps: `START,END` global steps to capture a profiler trace of (rounded out to host loops).
+      summary_dir: where the train/ and eval/ summaries go instead of `model_dir` (Vertex AI's
+        AIP_TENSORBOARD_LOG_DIR).
     """
     mode = Mode.parse(mode)
     _check_flags(mode, model_dir, checkpoint)
@@ -313,7 +329,7 @@ def run(
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     logging.info("Configuration:\n%s", gin.config_str())
-    context = build_context(mode, model_dir, strategy, dataset(), model, config)
+    context = build_context(mode, model_dir, strategy, dataset(), model, config, summary_dir)
     try:
         if mode is not Mode.CONTINUOUS_EVAL:  # an evaluator beside a training job writes only eval/ and best/
             manifest.write_run_manifest(mode, model_dir, strategy, context.task, context.writers.train, context.step)

@@ -1,15 +1,17 @@
-"""`python -m devtools.bench <benchmark> [flags]`: `train` (throughput, MFU), `e2e` (the
-real trainer on TFRecords beside the in-memory step) or `input` (tf.data throughput)."""
+"""`python -m devtools.bench <benchmark> [flags]`: `train` (in-memory throughput, MFU), `e2e` (the real trainer on
+TFRecords beside the in-memory step), `compare` (against TF Model Garden), `scaling` (crop, batch, replicas) or
+`input` (tf.data throughput)."""
 
 import sys
 from collections.abc import Sequence
 
-from devtools.bench import compare, end_to_end, input_throughput, train_throughput
+from devtools.bench import compare, end_to_end, input_throughput, scaling, train_throughput
 
 BENCHMARKS = {
     "train": train_throughput.main,
     "e2e": end_to_end.main,
     "compare": compare.main,
+    "scaling": scaling.main,
     # input_throughput.main parses argv with argparse, program name first.
     "input": lambda args: input_throughput.main(["python -m devtools.bench input", *args]),
 }

@@ -38,6 +38,7 @@ import tf_keras as keras
 from trainer import train_lib
 from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
 from trainer.cluster.strategies import StrategyName, create_strategy
+from trainer.cluster.virtual_cpus import configure_virtual_cpus
 from trainer.core import precision
 from trainer.core.config import parse_gin
 from trainer.core.model_state import build_model_state
@@ -95,6 +96,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--timed_steps", type=int, default=RECOMMENDED_TIMED_STEPS, help="timed steps per crop.")
     parser.add_argument("--warmup_steps", type=int, default=3, help="untimed steps after the first one.")
     parser.add_argument("--strategy", default=StrategyName.AUTO.value, help="as the trainer's --strategy.")
+    parser.add_argument("--virtual_cpus", type=int, default=0, help="as the trainer's --virtual_cpus (Mirrored).")
     parser.add_argument("--peak_size", type=int, default=4096, help="matrix size of the peak measurement.")
     parser.add_argument("--peak_chain", type=int, default=10, help="dependent matmuls per timed call.")
     parser.add_argument("--peak_repeats", type=int, default=3, help="timed calls; the best one counts.")
@@ -332,6 +334,7 @@ def main(argv: Sequence[str]) -> int:
     """Runs the benchmark for every `--crop`; prints the report (and writes `--output_json`). Returns 0."""
     args = _parse_args(argv)
     parse_gin(args.config, args.gin_bindings)
+    configure_virtual_cpus(args.virtual_cpus)
     strategy = create_strategy(args.strategy, mirrored=MirroredConfig(), multi_worker=MultiWorkerConfig())
     config = train_lib.configure(strategy)
     run_precision = precision.parse(config.train.precision)

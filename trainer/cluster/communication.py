@@ -61,17 +61,21 @@ class MultiWorkerConfig:
       heartbeat_timeout_seconds: a worker that has sent the coordination service no heartbeat for this long is
         declared lost and every other worker's collectives are aborted with an error naming it (TensorFlow's
         default is 10).
+      join_timeout_seconds: a training task waits this long at start for every other one to be reachable,
+        then stops with an error naming the missing task and its address (TensorFlow alone waits without end).
     """
 
     implementation: str = "auto"
     timeout_seconds: float | None = None
     heartbeat_timeout_seconds: int = 10
+    join_timeout_seconds: float = 600.0
 
     def __post_init__(self):
         validate.choice("gin binding multi_worker.implementation", self.implementation, _COMMUNICATION_IMPLEMENTATIONS)
         if self.timeout_seconds is not None:
             validate.positive_number("gin binding multi_worker.timeout_seconds", self.timeout_seconds)
         validate.positive_int("gin binding multi_worker.heartbeat_timeout_seconds", self.heartbeat_timeout_seconds)
+        validate.positive_number("gin binding multi_worker.join_timeout_seconds", self.join_timeout_seconds)
 
     def communication_options(self) -> tf.distribute.experimental.CommunicationOptions:
         """Returns the CommunicationOptions for the strategy's collectives."""

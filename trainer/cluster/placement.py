@@ -10,6 +10,7 @@ import os
 
 import tensorflow as tf
 
+from trainer.cluster import schedulers
 from trainer.common import validate
 from trainer.common.errors import UserInputError, expected
 
@@ -29,6 +30,11 @@ class Placement:
       gcp_project: `--gcp_project`: the project of the named TPU (a name only).
       worker_hosts: `--worker_hosts`: every worker's `host:port`, the same list on every worker.
       task_index: `--task_index`: this worker's index in `worker_hosts` (0 is the chief).
+      cluster_from: `--cluster_from`: `kubernetes` (an Indexed Job: `worker_host_template`, `num_workers`) or
+        `slurm` (SlurmClusterResolver, ports from `cluster_port`).
+      worker_host_template: `--worker_host_template`: worker i's host:port with `{index}` for i.
+      num_workers: `--num_workers`: the number of workers (the Indexed Job's completions).
+      cluster_port: `--cluster_port`: under Slurm, the port of the first task on each node (the next get +1, …).
     """
 
     tpu: str | None = None
@@ -36,6 +42,10 @@ class Placement:
     gcp_project: str | None = None
     worker_hosts: tuple[str, ...] = ()
     task_index: int | None = None
+    cluster_from: str | None = None
+    worker_host_template: str | None = None
+    num_workers: int | None = None
+    cluster_port: int = 2222
 
     def __post_init__(self):
         object.__setattr__(self, "worker_hosts", tuple(h.strip() for h in self.worker_hosts if h.strip()))
@@ -46,6 +56,39 @@ class Placement:
                 "host, found through --tpu; --worker_hosts describes a MultiWorkerMirrored cluster."
             )
         self._check_worker_flags()
+        self._check_scheduler_flags()
+
+    @property
+    def cluster_source(self) -> str:
+        """What describes the cluster, as the errors name it."""
+        if self.cluster_from:
+            return f"--cluster_from={self.cluster_from}"
+        return "--worker_hosts" if self.worker_hosts else "TF_CONFIG"
+
+    def _check_scheduler_flags(self) -> None:
+        if self.cluster_from is None:
+            for flag, value in (
+                ("--worker_host_template", self.worker_host_template),
+                ("--num_workers", self.num_workers),
+            ):
+                if value is not None:
+                    raise UserInputError(f"{flag}: expected only with --cluster_from=kubernetes, received it alone.")
+            return
+        validate.choice("--cluster_from", self.cluster_from, schedulers.CLUSTER_SOURCES)
+        if self.worker_hosts or self.tpu:
+            raise UserInputError(
+                f"--cluster_from={self.cluster_from}: expected no --worker_hosts or --tpu with it (it describes the "
+                "cluster itself), received one."
+            )
+        if self.cluster_from == schedulers.KUBERNETES:
+            template = self.worker_host_template or ""
+            if schedulers.INDEX_FIELD not in template:
+                raise expected(
+                    "--worker_host_template", "host:port with {index}, e.g. deeplab-{index}.deeplab:2222", template
+                )
+            validate.host_port("--worker_host_template", template.replace(schedulers.INDEX_FIELD, "0"))
+            validate.positive_int("--num_workers", self.num_workers)
+        validate.positive_int("--cluster_port", self.cluster_port)
 
     def _check_tpu_flags(self) -> None:
         for flag, value in (("--tpu_zone", self.tpu_zone), ("--gcp_project", self.gcp_project)):
@@ -143,12 +186,21 @@ def num_training_workers(cluster: dict) -> int:
 
 
 def cluster_resolver(placement: Placement) -> tf.distribute.cluster_resolver.ClusterResolver | None:
-    """Returns this worker's cluster resolver: from TF_CONFIG, else from --worker_hosts; None for neither.
+    """Returns this worker's cluster resolver: from --cluster_from, TF_CONFIG or --worker_hosts; None for none.
 
     Raises:
       UserInputError: if both are given, or TF_CONFIG is malformed.
     """
     config = tf_config()
+    if config and placement.cluster_from:
+        raise UserInputError(
+            f"TF_CONFIG and --cluster_from={placement.cluster_from}: expected one description of the cluster, "
+            "received both. Unset TF_CONFIG or drop --cluster_from."
+        )
+    if placement.cluster_from == schedulers.KUBERNETES:
+        return schedulers.kubernetes_resolver(placement.worker_host_template, placement.num_workers)
+    if placement.cluster_from == schedulers.SLURM:
+        return schedulers.slurm_resolver(placement.cluster_port)
     if config and placement.worker_hosts:
         raise UserInputError(
             "TF_CONFIG and --worker_hosts: expected one description of the cluster, received both. Unset TF_CONFIG "

@@ -12,6 +12,7 @@ from absl import logging
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.eager import context as eager_context
 
+from trainer.cluster import join
 from trainer.cluster.communication import MirroredConfig, MultiWorkerConfig
 from trainer.cluster.placement import (
     TF_CONFIG_EXAMPLE,
@@ -58,6 +59,8 @@ def resolve_strategy_name(name: "str | StrategyName", placement: Placement | Non
         return StrategyName.TPU
     config = tf_config()
     cluster = config.get("cluster") or {"worker": list(placement.worker_hosts)}
+    if placement.cluster_from:
+        cluster = cluster_resolver(placement).cluster_spec().as_dict()
     # An evaluator beside the cluster evaluates checkpoints on its own devices; it takes no training step.
     is_training_task = config.get("task", {}).get("type", "worker") in TRAINING_JOBS
     if is_training_task and num_training_workers(cluster) > 1:
@@ -131,8 +134,12 @@ def _multi_worker_strategy(
             "neither."
         )
     cluster = resolver.cluster_spec().as_dict()
+    me = f"/job:{resolver.task_type}/task:{resolver.task_id}"
     if resolver.task_type in TRAINING_JOBS:
-        _configure_coordination_service(cluster, config.heartbeat_timeout_seconds)
+        join.wait_for_peers(
+            cluster, resolver.task_type, resolver.task_id, config.join_timeout_seconds, placement.cluster_source
+        )
+        _configure_coordination_service(cluster, config)
     try:
         return tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=resolver, communication_options=config.communication_options()
@@ -141,23 +148,21 @@ def _multi_worker_strategy(
         if "Could not start gRPC server" not in str(error):
             raise
         address = cluster[resolver.task_type][resolver.task_id]
-        source = "--worker_hosts" if placement.worker_hosts else "TF_CONFIG"
-        raise UserInputError(
-            f"{source}: this worker (/job:{resolver.task_type}/task:{resolver.task_id}) could not listen on the port "
-            f"of its address {address} (TensorFlow: Could not start gRPC server). Expected a free port: another "
-            "process on this machine holds it (an earlier run still alive?). Stop that process or give this worker "
-            "another port, in every worker's copy of the cluster description."
+        raise join.port_in_use_error(
+            placement.cluster_source, me, address, "TensorFlow: Could not start gRPC server"
         ) from None
 
 
-def _configure_coordination_service(cluster: dict, heartbeat_timeout_seconds: int) -> None:
+def _configure_coordination_service(cluster: dict, config: MultiWorkerConfig) -> None:
     # What MultiWorkerMirroredStrategy would configure itself, plus the heartbeat timeout. It must precede the
     # strategy, which skips this step when a configuration is already there.
     leader_job = "chief" if "chief" in cluster else "worker"
     eager_context.context().configure_coordination_service(
         service_type="standalone",
         service_leader=f"/job:{leader_job}/replica:0/task:0",
-        heartbeat_timeout_in_ms=heartbeat_timeout_seconds * 1000,
+        heartbeat_timeout_in_ms=config.heartbeat_timeout_seconds * 1000,
+        # A backstop behind join.wait_for_peers: a task that vanishes between that check and registering.
+        cluster_register_timeout_in_ms=int(config.join_timeout_seconds * 1000),
         # Only training tasks: an evaluator beside the cluster never joins, and must not be waited for.
         coordinated_jobs=[
             coordination_config_pb2.CoordinatedJob(name=job, num_tasks=len(cluster[job]))

@@ -1,7 +1,8 @@
 """The Controller: the outer loop around a Trainer — train until, evaluate every, checkpoint every.
 
 After each host loop it hands a `LoopResult` to its actions, in order (throughput, summaries, progress, …);
-a non-finite loss goes to the NaN policy instead; then it checkpoints and lets the preemption watcher act.
+a non-finite loss goes to the NaN policy instead; then it checkpoints and lets the preemption watcher act (a loop
+stopped by SIGTERM ends the run with `Preempted`).
 """
 
 import dataclasses
@@ -138,9 +139,12 @@ class Controller:
             result.scalars.update(float_scalars(outputs))
             for action in self._actions:
                 action.after_loop(result)
-            self._checkpointer.save(force=result.end_step >= target_step)
+            saving = time.perf_counter()
+            saved = self._checkpointer.save(force=result.end_step >= target_step)
             if self.preemption is not None:
-                self.preemption.check()
+                if saved:
+                    self.preemption.observe_save(time.perf_counter() - saving)
+                self.preemption.check(stopped=bool(outputs.get("stopped", False)))
 
     def train_and_evaluate(self, final_step: int, eval_every: int, evaluate: Callable[[], dict]) -> dict:
         """Trains to `final_step`, evaluating at every multiple of `eval_every` and at the end; the last report.

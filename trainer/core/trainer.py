@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from trainer.cluster import preemption
 from trainer.core import losses
 from trainer.core.ema import ExponentialMovingAverage
 from trainer.core.train_step import LOSS_TERMS, ReplicaStep, StepOptions
@@ -34,6 +35,8 @@ class Trainer:
     `cross_entropy`, `l2_regularization`, `gradient_norm` (means over the steps run; the norm is the global one,
     before clipping), `learning_rate` (at the last step), `weight_norm` (after it), `loss_scale` (mixed_float16
     only), and `all_finite`, `nonfinite_step` (global step of the first non-finite step, -1 if none) and `steps`.
+    With a `stop_flag` the loop also stops after any step at whose end the flag is True (under MultiWorkerMirrored:
+    on any worker, so all stop after the same step) and returns `stopped`.
     With `summary_every` > 0 the loop also records `per_step/<name>` scalars at every step that is a multiple of
     it, into `summary_writer` (`train` calls) or the default writer (direct `loop` calls).
     """
@@ -52,6 +55,7 @@ class Trainer:
         summary_writer: tf.summary.SummaryWriter | None = None,
         batches: Callable[[], Iterator] | None = None,
         train_files: Sequence[str] = (),
+        stop_flag: tf.Variable | None = None,
     ):
         self.strategy = strategy
         self.model = model
@@ -64,6 +68,8 @@ class Trainer:
         self._make_batches = batches
         self._batches: Iterator | None = None
         self._train_files = tuple(train_files)
+        self._stop_flag = stop_flag
+        self._stop_needs_agreement = stop_flag is not None and preemption.needs_agreement(strategy)
         self.loop: HostLoop = tf.function(self._host_loop)
 
     @property
@@ -120,6 +126,7 @@ class Trainer:
         all_finite = tf.constant(True)
         nonfinite_step = tf.constant(-1, tf.int64)
         steps = tf.constant(0)
+        stopped = tf.constant(False)
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
             per_replica = self.strategy.run(self._replica_step, args=(images, labels))
@@ -134,7 +141,21 @@ class Trainer:
                 all_finite = tf.constant(False)
                 nonfinite_step = tf.identity(self.global_step.read_value())
                 break
-        return self._loop_outputs(totals, steps, all_finite, nonfinite_step)
+            if self._stop_flag is not None and self._stop_requested():
+                stopped = tf.constant(True)
+                break
+        outputs = self._loop_outputs(totals, steps, all_finite, nonfinite_step)
+        if self._stop_flag is not None:
+            outputs["stopped"] = stopped
+        return outputs
+
+    def _stop_requested(self) -> tf.Tensor:
+        """Whether to stop after this step: the stop flag, summed over the workers when they must agree."""
+        requested = self._stop_flag.read_value()
+        if not self._stop_needs_agreement:
+            return requested
+        votes = self.strategy.run(lambda: tf.cast(requested, tf.float32))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None) > 0
 
     def _loop_outputs(self, totals: dict, steps: tf.Tensor, all_finite: tf.Tensor, nonfinite_step: tf.Tensor) -> dict:
         count = tf.cast(tf.maximum(steps, 1), tf.float32)
