@@ -1,5 +1,5 @@
-"""DeepLab model family: ResNet, Xception-65, MobileNetV2 and SavedModel (TF Hub-style) backbones, ASPP, decoder,
-shared building blocks."""
+"""DeepLab model family: ResNet, Xception-65, MobileNetV2, MobileNetV3, EfficientNetV2, ConvNeXt, Keras Xception and
+SavedModel (TF Hub-style) backbones, ASPP, decoder, shared building blocks."""
 
 from trainer.models.aspp import ASPP
 from trainer.models.atrous import AtrousConv2D, AtrousDepthwiseConv2D
@@ -9,6 +9,7 @@ from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
 from trainer.models.hub_backbone import HubBackbone
 from trainer.models.layers import ConvBNReLU
 from trainer.models.mobilenet_v2 import MobileNetV2
+from trainer.models.mobilenet_v3 import MobileNetV3
 from trainer.models.resnet import BottleneckBlock, ResNet
 from trainer.models.separable import SeparableConvBNReLU
 from trainer.models.xception import Xception65
@@ -26,6 +27,7 @@ __all__ = [
     "DeepLabV3Plus",
     "HubBackbone",
     "MobileNetV2",
+    "MobileNetV3",
     "ResNet",
     "SeparableConvBNReLU",
     "Xception65",
