@@ -43,7 +43,12 @@ def _built(backbone, size=64):
 
 @pytest.mark.parametrize(
     "variant, alpha, minimalistic, size",
-    [("small", THIN, False, 64), ("small", THIN, True, 65), ("large", THIN, False, 65), ("large", THIN, True, 64)],
+    [
+        ("small", THIN, False, 64),
+        pytest.param("small", THIN, True, 65, marks=pytest.mark.slow),
+        ("large", THIN, False, 65),
+        pytest.param("large", THIN, True, 64, marks=pytest.mark.slow),
+    ],
 )
 def test_keras_weights_map_one_to_one_and_outputs_match(variant, alpha, minimalistic, size):
     keras_model = _keras_model(variant, alpha, minimalistic, size)

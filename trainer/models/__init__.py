@@ -6,6 +6,7 @@ from trainer.models.atrous import AtrousConv2D, AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNorm, BatchNormConfig, configure_batch_norm
 from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
+from trainer.models.efficientnet_v2 import EfficientNetV2
 from trainer.models.hub_backbone import HubBackbone
 from trainer.models.layers import ConvBNReLU
 from trainer.models.mobilenet_v2 import MobileNetV2
@@ -25,6 +26,7 @@ __all__ = [
     "Decoder",
     "DeepLabV3",
     "DeepLabV3Plus",
+    "EfficientNetV2",
     "HubBackbone",
     "MobileNetV2",
     "MobileNetV3",
