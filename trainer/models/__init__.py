@@ -4,6 +4,7 @@ SavedModel (TF Hub-style) backbones, ASPP, decoder, shared building blocks."""
 from trainer.models.aspp import ASPP
 from trainer.models.atrous import AtrousConv2D, AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNorm, BatchNormConfig, configure_batch_norm
+from trainer.models.convnext import ConvNeXt
 from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
 from trainer.models.efficientnet_v2 import EfficientNetV2
@@ -23,6 +24,7 @@ __all__ = [
     "BatchNormConfig",
     "BottleneckBlock",
     "ConvBNReLU",
+    "ConvNeXt",
     "Decoder",
     "DeepLabV3",
     "DeepLabV3Plus",
