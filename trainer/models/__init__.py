@@ -9,6 +9,7 @@ from trainer.models.decoder import Decoder
 from trainer.models.deeplab import DeepLabV3, DeepLabV3Plus
 from trainer.models.efficientnet_v2 import EfficientNetV2
 from trainer.models.hub_backbone import HubBackbone
+from trainer.models.keras_xception import KerasXception
 from trainer.models.layers import ConvBNReLU
 from trainer.models.mobilenet_v2 import MobileNetV2
 from trainer.models.mobilenet_v3 import MobileNetV3
@@ -30,6 +31,7 @@ __all__ = [
     "DeepLabV3Plus",
     "EfficientNetV2",
     "HubBackbone",
+    "KerasXception",
     "MobileNetV2",
     "MobileNetV3",
     "ResNet",
