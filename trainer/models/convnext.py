@@ -13,6 +13,7 @@ from trainer.common.errors import expected
 from trainer.common.images import to_pixel_range
 from trainer.models.atrous import AtrousConv2D
 from trainer.models.dropout import ResumableDropout
+from trainer.models.layers import require_bool, require_drop_rate
 from trainer.models.output_stride import atrous_schedule, check_output_stride
 from trainer.models.serialization import SERIALIZATION_PACKAGE
 
@@ -149,12 +150,8 @@ class ConvNeXt(keras.Model):
         owner = type(self).__name__
         self.variant = validate.choice(f"{owner}.variant", variant, tuple(VARIANTS))
         self.output_stride = check_output_stride(owner, output_stride)
-        if not isinstance(preprocessing, bool):
-            raise expected(f"{owner}.preprocessing", "True or False", preprocessing)
-        self.preprocessing = preprocessing
-        self.drop_path_rate = float(validate.non_negative_number(f"{owner}.drop_path_rate", drop_path_rate))
-        if self.drop_path_rate >= 1:
-            raise expected(f"{owner}.drop_path_rate", "a number in [0, 1)", drop_path_rate)
+        self.preprocessing = require_bool(f"{owner}.preprocessing", preprocessing)
+        self.drop_path_rate = require_drop_rate(f"{owner}.drop_path_rate", drop_path_rate)
         default_depths, default_dims = VARIANTS[self.variant]
         self.depths = validate.positive_ints(f"{owner}.depths", default_depths if depths is None else depths)
         dims = default_dims if projection_dims is None else projection_dims

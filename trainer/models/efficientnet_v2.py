@@ -8,12 +8,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common import validate
-from trainer.common.errors import expected
 from trainer.common.images import to_pixel_range
 from trainer.models.atrous import AtrousConv2D, AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNorm, BatchNormOwner, batch_norm_layer
 from trainer.models.dropout import ResumableDropout
-from trainer.models.layers import require_stride_or_dilation
+from trainer.models.layers import require_bool, require_drop_rate, require_stride_or_dilation
 from trainer.models.output_stride import atrous_schedule, check_output_stride
 from trainer.models.serialization import SERIALIZATION_PACKAGE
 
@@ -202,12 +201,8 @@ class EfficientNetV2(BatchNormOwner, keras.Model):
         owner = type(self).__name__
         self.variant = validate.choice(f"{owner}.variant", variant, tuple(VARIANTS))
         self.output_stride = check_output_stride(owner, output_stride)
-        if not isinstance(preprocessing, bool):
-            raise expected(f"{owner}.preprocessing", "True or False", preprocessing)
-        self.preprocessing = preprocessing
-        self.drop_connect_rate = float(validate.non_negative_number(f"{owner}.drop_connect_rate", drop_connect_rate))
-        if self.drop_connect_rate >= 1:
-            raise expected(f"{owner}.drop_connect_rate", "a number in [0, 1)", drop_connect_rate)
+        self.preprocessing = require_bool(f"{owner}.preprocessing", preprocessing)
+        self.drop_connect_rate = require_drop_rate(f"{owner}.drop_connect_rate", drop_connect_rate)
         width, depth, table = VARIANTS[self.variant]
         width = width if width_coefficient is None else width_coefficient
         depth = depth if depth_coefficient is None else depth_coefficient

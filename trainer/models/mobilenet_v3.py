@@ -7,10 +7,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common import validate
-from trainer.common.errors import expected
 from trainer.models.atrous import AtrousDepthwiseConv2D
 from trainer.models.batch_norm import BatchNorm, BatchNormOwner, batch_norm_layer
-from trainer.models.layers import require_stride_or_dilation
+from trainer.models.layers import require_bool, require_stride_or_dilation
 from trainer.models.mobilenet_v2 import make_divisible
 from trainer.models.output_stride import atrous_schedule, check_output_stride
 from trainer.models.serialization import SERIALIZATION_PACKAGE
@@ -199,9 +198,7 @@ class MobileNetV3(BatchNormOwner, keras.Model):
         self.variant = validate.choice(f"{owner}.variant", variant, VALID_VARIANTS)
         self.output_stride = check_output_stride(owner, output_stride)
         self.width_multiplier = float(validate.positive_number(f"{owner}.width_multiplier", width_multiplier))
-        if not isinstance(minimalistic, bool):
-            raise expected(f"{owner}.minimalistic", "True or False", minimalistic)
-        self.minimalistic = minimalistic
+        self.minimalistic = require_bool(f"{owner}.minimalistic", minimalistic)
         self.stem_conv = keras.layers.Conv2D(STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="Conv")
         self.stem_bn = _batch_norm("Conv_bn")
         self.blocks = self._blocks()
