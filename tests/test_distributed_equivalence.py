@@ -15,7 +15,16 @@ import tf_keras as keras
 from tests.helpers import make_train_loop, mirrored_strategy, one_device_strategy
 from trainer.core import losses, optim
 from trainer.core.ema import ExponentialMovingAverage
-from trainer.models import BatchNormConfig, DeepLabV3Plus, ResNet, configure_batch_norm
+from trainer.models import (
+    BatchNormConfig,
+    ConvNeXt,
+    DeepLabV3Plus,
+    EfficientNetV2,
+    KerasXception,
+    MobileNetV3,
+    ResNet,
+    configure_batch_norm,
+)
 
 pytestmark = pytest.mark.slow  # each compiles and trains full steps: tens of seconds
 
@@ -61,12 +70,24 @@ FULL_OPTIONS = {
 }
 
 
-def _train(strategy, initial_weights, options=PLAIN, accumulation=1):
+# Thin models of the other families (stochastic depth off: its masks are drawn per replica).
+BACKBONES = {
+    "resnet": lambda: ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
+    "mobilenet_v3": lambda: MobileNetV3("large", output_stride=16, width_multiplier=0.35),
+    "efficientnet_v2": lambda: EfficientNetV2(
+        "s", output_stride=16, drop_connect_rate=0.0, width_coefficient=0.25, depth_coefficient=0.25
+    ),
+    "convnext": lambda: ConvNeXt(output_stride=16, depths=(1, 1, 1, 1), projection_dims=(8, 16, 24, 32)),
+    "keras_xception": lambda: KerasXception(output_stride=16, width_multiplier=0.0625, middle_flow_blocks=1),
+}
+
+
+def _train(strategy, initial_weights, options=PLAIN, accumulation=1, backbone="resnet", steps=3):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = DeepLabV3Plus(
             num_classes=NUM_CLASSES,
-            backbone=ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
+            backbone=BACKBONES[backbone](),
             aspp_filters=8,
             aspp_rates=(1, 2, 3),
             aspp_dropout_rate=0.0,
@@ -97,7 +118,7 @@ def _train(strategy, initial_weights, options=PLAIN, accumulation=1):
         gradient_accumulation_steps=accumulation,
         **loop_options,
     )
-    outputs = train_loop(iter(dataset), tf.constant(3))
+    outputs = train_loop(iter(dataset), tf.constant(steps))
     weights = model.get_weights() + ([a.numpy() for a in ema.averages] if ema else [])
     return weights_before, float(outputs["loss"]), weights, int(global_step.numpy()), float(outputs["gradient_norm"])
 
@@ -123,6 +144,16 @@ def test_one_device_and_mirrored_take_identical_steps(options):
         moved += not np.allclose(a, before)
     # The comparison means something only if training changed the weights.
     assert moved > len(initial) // 2
+
+
+@pytest.mark.parametrize("backbone", sorted(set(BACKBONES) - {"resnet"}))
+def test_every_backbone_family_takes_the_same_step_under_one_device_and_mirrored(backbone):
+    initial, single_loss, single_weights, _, _ = _train(one_device_strategy(), None, backbone=backbone, steps=1)
+    _, mirrored_loss, mirrored_weights, _, _ = _train(mirrored_strategy(), initial, backbone=backbone, steps=1)
+    np.testing.assert_allclose(mirrored_loss, single_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(single_weights, mirrored_weights, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    assert sum(not np.allclose(a, b) for a, b in zip(initial, single_weights, strict=True)) > len(initial) // 2
 
 
 def test_mirrored_accumulation_equals_the_one_device_whole_batch_with_frozen_statistics():

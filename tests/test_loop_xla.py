@@ -7,7 +7,16 @@ import tf_keras as keras
 
 from tests.helpers import make_train_loop, one_device_strategy
 from trainer.core import optim
-from trainer.models import DeepLabV3Plus, MobileNetV2, ResNet, Xception65
+from trainer.models import (
+    ConvNeXt,
+    DeepLabV3Plus,
+    EfficientNetV2,
+    KerasXception,
+    MobileNetV2,
+    MobileNetV3,
+    ResNet,
+    Xception65,
+)
 
 pytestmark = pytest.mark.slow  # each compiles and trains full steps: tens of seconds
 
@@ -15,6 +24,10 @@ BACKBONES = {
     "resnet": lambda: ResNet(block_depths=(1, 1, 1, 1), base_filters=4, output_stride=16),
     "mobilenet_v2": lambda: MobileNetV2(output_stride=16, width_multiplier=0.35, include_final_conv=False),
     "xception65": lambda: Xception65(output_stride=16, width_multiplier=0.0625, middle_flow_blocks=1),
+    "mobilenet_v3": lambda: MobileNetV3("small", output_stride=16, width_multiplier=0.35),
+    "efficientnet_v2": lambda: EfficientNetV2("b0", output_stride=16, width_coefficient=0.25, depth_coefficient=0.25),
+    "convnext": lambda: ConvNeXt(output_stride=16, depths=(1, 1, 1, 1), projection_dims=(8, 16, 24, 32)),
+    "keras_xception": lambda: KerasXception(output_stride=16, width_multiplier=0.0625, middle_flow_blocks=1),
 }
 
 

@@ -40,11 +40,17 @@ TINY = (
     "Xception65.width_multiplier = 0.0625",
     "Xception65.middle_flow_blocks = 1",
     "MobileNetV2.width_multiplier = 0.35",
+    "MobileNetV3.width_multiplier = 0.35",
+    "EfficientNetV2.width_coefficient = 0.25",
+    "EfficientNetV2.depth_coefficient = 0.25",
+    "ConvNeXt.depths = (1, 1, 1, 1)",
+    "ConvNeXt.projection_dims = (8, 16, 24, 32)",
     "DeepLabV3Plus.aspp_filters = 8",
     "DeepLabV3Plus.low_level_filters = 4",
     "DeepLabV3Plus.decoder_filters = 8",
     "DeepLabV3.aspp_filters = 8",
     "init.keras_h5 = None",
+    "init.keras_weights = None",
     f"input_pipeline.crop_size = ({CROP}, {CROP})",
     f"input_pipeline.eval_size = ({CROP}, {CROP})",
     "input_pipeline.shuffle_buffer = 4",
@@ -99,7 +105,12 @@ def _parse_tiny(config: str, data_dir: str, info) -> None:
 
 def test_every_config_is_covered():
     assert {"pascal_voc_resnet101_os16.gin", "cityscapes_resnet101_os16.gin", "cloud_tpu.gin"} <= set(CONFIGS)
-    assert len(CONFIGS) >= 9
+    assert {
+        "pascal_voc_efficientnetv2s_os16.gin",
+        "cityscapes_convnext_tiny_os16.gin",
+        "mobilenetv3_large_os16.gin",
+    } <= set(CONFIGS)
+    assert len(CONFIGS) >= 12
 
 
 @pytest.mark.parametrize("config", CONFIGS)

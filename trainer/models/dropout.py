@@ -20,12 +20,15 @@ class ResumableDropout(keras.layers.Layer):
     Args:
       rate: fraction of units to drop at training, in [0, 1).
       seed: seeds the generator; by default drawn from Python's `random` (seeded by `train.seed`).
+      per_example: drop whole examples (one draw per example, broadcast over the other axes) instead of units:
+        stochastic depth on a residual branch, keras' `Dropout(noise_shape=(None, 1, 1, 1))`.
     """
 
-    def __init__(self, rate: float, seed: int | None = None, **kwargs: Any) -> None:
+    def __init__(self, rate: float, seed: int | None = None, per_example: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rate = float(rate)
         self.seed = seed
+        self.per_example = bool(per_example)
 
     def build(self, input_shape) -> None:
         seed = self.seed if self.seed is not None else random.getrandbits(31)
@@ -36,10 +39,15 @@ class ResumableDropout(keras.layers.Layer):
         if not training or self.rate == 0.0:
             return inputs
         seed = self._generator.make_seeds(1)[:, 0]
-        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed=seed)
+        noise_shape = None
+        if self.per_example:
+            noise_shape = tf.concat([tf.shape(inputs)[:1], tf.ones([tf.rank(inputs) - 1], tf.int32)], axis=0)
+        return tf.nn.experimental.stateless_dropout(inputs, self.rate, seed=seed, noise_shape=noise_shape)
 
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments."""
         config = super().get_config()
         config.update({"rate": self.rate, "seed": self.seed})
+        if self.per_example:
+            config["per_example"] = True
         return config

@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from trainer.common import validate
-from trainer.common.errors import UserInputError
+from trainer.common.errors import UserInputError, expected
 from trainer.models.atrous import AtrousConv2D
 from trainer.models.batch_norm import DEFAULT_EPSILON, BatchNormOwner, batch_norm_layer
 from trainer.models.serialization import SERIALIZATION_PACKAGE
@@ -110,3 +110,18 @@ class ConvBNReLU(BatchNormOwner, keras.layers.Layer):
             }
         )
         return config
+
+
+def require_bool(where: str, value: Any) -> bool:
+    """Returns `value` if it is True or False: bool("false") is True, so a string must not switch a layer on."""
+    if not isinstance(value, bool):
+        raise expected(where, "True or False", value)
+    return value
+
+
+def require_drop_rate(where: str, value: Any) -> float:
+    """Returns `value` as a float if it is a number in [0, 1)."""
+    rate = float(validate.non_negative_number(where, value))
+    if rate >= 1:
+        raise expected(where, "a number in [0, 1)", value)
+    return rate

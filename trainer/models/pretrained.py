@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import re
+from collections.abc import Iterable
 
 import h5py
 import numpy as np
@@ -12,6 +14,8 @@ from absl import logging
 from trainer.common.errors import UserInputError
 from trainer.storage import checkpoints
 
+# The names keras gives layers built without one: the class's snake-case name and a per-session counter.
+GENERIC_LAYER_NAME = re.compile(r"^(conv2d|batch_normalization|layer_normalization)(?:_(\d+))?$")
 # Which sub-layers of DeepLabV3Plus each `parts` value restores, in the model's own attribute names.
 RESTORABLE_PARTS = {
     "backbone": ("backbone",),
@@ -146,8 +150,11 @@ def _read_h5(
                     f"{owner}: expected a keras .h5 weights file with a `layer_names` attribute (at the root or "
                     f"under `model_weights`), received {path!r} without one"
                 )
+            actual = canonical_layer_names(file_layers)
+            file_layers = {name: file_layers[actual[name]] for name in actual}
             matched = [name for name in layers if name in file_layers]
-            return file_layers, {name: _read_weights(weights_group[name], file_layers[name]) for name in matched}
+            values = {name: _read_weights(weights_group[actual[name]], file_layers[name]) for name in matched}
+            return file_layers, values
     except OSError as error:
         raise UserInputError(f"{owner}: cannot read {path!r} as an HDF5 file: {error}") from error
 
@@ -178,6 +185,26 @@ def adapt_rgb_stem(layers: dict[str, keras.layers.Layer], values: dict[str, list
             values[name] = [rgb_kernel_for_channels(arrays[0], channels), *arrays[1:]]
             adapted.append(f"{name} (3 -> {channels} input channels)")
     return tuple(adapted)
+
+
+def canonical_layer_names(names: Iterable[str]) -> dict[str, str]:
+    """{canonical name: name}: keras' unnamed layers renumbered as a fresh session numbers them, others as they are.
+
+    Keras names a layer built without a name after its class and a per-session counter, so the residual convs of
+    keras' Xception are `conv2d_4` ... `conv2d_7` in one file and `conv2d` ... `conv2d_3` in another. Ordered by
+    their counter (their build order), they become `conv2d`, `conv2d_1`, ... here, whatever session saved them.
+    """
+    names = list(names)
+    canonical = {name: name for name in names if not GENERIC_LAYER_NAME.match(name)}
+    numbered: dict[str, list[tuple[int, str]]] = {}
+    for name in names:
+        match = GENERIC_LAYER_NAME.match(name)
+        if match:
+            numbered.setdefault(match.group(1), []).append((int(match.group(2) or 0), name))
+    for prefix, entries in numbered.items():
+        for index, (_, name) in enumerate(sorted(entries)):
+            canonical[f"{prefix}_{index}" if index else prefix] = name
+    return canonical
 
 
 def _log_report(report: LoadReport, num_layers: int, backbone_name: str, path: str) -> None:
