@@ -150,7 +150,7 @@ def _run_cli(*args):
 def test_flags_missing_model_dir_and_invalid_strategy(tmp_path):
     missing = _run_cli(f"--gin_file={SMOKE_GIN}")
     assert missing.returncode != 0
-    assert "--model_dir must have a value other than None" in missing.stderr
+    assert "--model_dir is required" in missing.stderr
     invalid = _run_cli(f"--gin_file={SMOKE_GIN}", f"--model_dir={tmp_path}", "--strategy=mirorred")
     assert invalid.returncode != 0
     assert "--strategy" in invalid.stderr and "mirrored" in invalid.stderr
