@@ -28,7 +28,7 @@ $(INSTALL_STAMP): setup.py pyproject.toml constraints.txt
 
 # Re-pins constraints.txt to what the venv holds now (after the tests pass with it).
 constraints: install
-	{ sed -n '1,3p' constraints.txt; $(PYTHON) -m pip freeze --exclude-editable; } > constraints.txt.new
+	{ sed -n '1,3p' constraints.txt; $(PYTHON) -m pip freeze --all --exclude-editable | grep -v -E '^(pip|setuptools)=='; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 demo: install
