@@ -19,7 +19,17 @@ LOCAL_FILE_API = re.compile(
 )
 # h5py opens the file itself, so pretrained .h5 weights are read from local disk (reported to the lead: reading
 # them through tf.io.gfile.GFile, which h5py accepts as a file object, would make gs:// work there too).
-KNOWN_LOCAL_ONLY = {"trainer/models/pretrained.py": 1}
+KNOWN_LOCAL_ONLY = {
+    "trainer/models/pretrained.py": 1,
+    # Keras' download cache (keras.utils.get_file) is a local directory; a gs:// cache is copied through gfile.
+    "trainer/models/keras_weights.py": 1,
+    # shutil.which: looking up a program, not a file of the run.
+    "trainer/cluster/schedulers.py": 1,
+    # tf2onnx, tensorflowjs_converter and Node read and write local paths: ONNX and TF.js exports need a local
+    # model_dir (the SavedModel and TFLite exports do not).
+    "trainer/serving/formats.py": 6,
+    "trainer/serving/tfjs_export.py": 11,
+}
 # Tools that run on the local machine by design: benchmarks writing scratch data and logs to a temporary directory,
 # and the chaos harness following its local child processes' logs.
 LOCAL_TOOLS = ("devtools/bench/", "devtools/chaos.py")
