@@ -84,12 +84,13 @@ def _time_in_memory(trainer, steps_per_loop: int, loops: int) -> list[float]:
     return seconds
 
 
-def _run_end_to_end(records: str, model_dir: str, strategy, num_classes: int, steps: int) -> events.Throughput:
-    """`train_lib.run` for `steps` steps on `records`; its throughput from its own summaries."""
+def _run_end_to_end(
+    records: str, model_dir: str, strategy, num_classes: int, steps: int, batch: int
+) -> events.Throughput:
+    """`train_lib.run` for `steps` steps of global batch `batch` on `records`; its throughput from its summaries."""
     gin.bind_parameter("train.steps", steps)
     dataset = functools.partial(tfrecord_dataset, train_pattern=records, eval_pattern=records, num_classes=num_classes)
     train_lib.run("train", model_dir, strategy=strategy, dataset=dataset)
-    batch = train_lib.configure(strategy).train.global_batch_size
     return events.throughput(
         events.scalar_series(os.path.join(model_dir, "train"), "examples_per_sec"), batch, per_step=False
     )
@@ -115,9 +116,10 @@ def benchmark_crop(crop: int, strategy, args: argparse.Namespace, peak_flops: fl
         strategy.experimental_local_results(bare_step(bare_batch))[0].numpy()
         bare_seconds.append(time.perf_counter() - started)
     steps = (args.loops + 1) * args.steps_per_loop
-    run_throughput = _run_end_to_end(records, os.path.join(work_dir, f"run_{crop}"), strategy, args.num_classes, steps)
-    in_memory += _time_in_memory(trainer, args.steps_per_loop, args.loops)
     batch = config.train.global_batch_size
+    run_dir = os.path.join(work_dir, f"run_{crop}")
+    run_throughput = _run_end_to_end(records, run_dir, strategy, args.num_classes, steps, batch)
+    in_memory += _time_in_memory(trainer, args.steps_per_loop, args.loops)
     in_memory_rate = batch / statistics.median(in_memory)
     bare_rate = batch / statistics.median(bare_seconds[1:])
     return EndToEndResult(

@@ -46,6 +46,8 @@ def throughput(points: list[Point], global_batch_size: int, per_step: bool) -> T
     scale = global_batch_size if per_step else 1
     first, last = points[0], points[-1]
     steps = last.step - first.step
+    if last.wall_time <= first.wall_time:
+        raise ValueError(f"the loop summaries at steps {first.step} and {last.step} carry no elapsed wall time.")
     return Throughput(
         own_examples_per_second=statistics.median(point.value * scale for point in points[1:]),
         wall_examples_per_second=steps * global_batch_size / (last.wall_time - first.wall_time),
